@@ -1,0 +1,4 @@
+"""scstn-vcn: person re-identification with a self-constrained spatial transformer (SC-STN) and a
+vertical convolution network (VCN) on a ResNet-50, with fused Triton and C++/CUDA kernels."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,84 @@
+r"""affine_hpool: affine resampling of the feature map and horizontal avg+max pooling, in one pass.
+
+Forward, for x of shape (B, C, H, W) and any affine theta of shape (B, 2, 3) (Eq. 1, 6):
+
+    r = grid_sample(x, affine_grid(theta, (B, C, H, W), align_corners=False),
+                    mode="bilinear", padding_mode="zeros", align_corners=False)
+    out[b, c, h] = (1 / W) * \sum_w r[b, c, h, w] + \max_w r[b, c, h, w]
+
+Written out: the output pixel (h, w) has normalised coordinates u_w = (2w + 1) / W - 1,
+v_h = (2h + 1) / H - 1; it samples x at gx = theta[b,0,0] u_w + theta[b,0,1] v_h + theta[b,0,2],
+gy = theta[b,1,0] u_w + theta[b,1,1] v_h + theta[b,1,2], i.e. at pixel coordinates
+ix = ((gx + 1) W - 1) / 2, iy = ((gy + 1) H - 1) / 2, bilinearly from the four neighbours
+(floor(ix) + {0,1}, floor(iy) + {0,1}); neighbours outside the map count as 0.
+
+Backward, with g = dL/dout and a[b,c,h] = the w of the FIRST maximum of r's row (int32 argmax):
+
+    dr[b, c, h, w] = g[b, c, h] / W + g[b, c, h] * [w == a[b, c, h]]
+    dx     = the bilinear scatter of dr back to the four neighbours of each sample
+    dtheta = \sum_{c,h,w} dr * (dr/d(ix, iy)) * (d(ix, iy)/dtheta), with
+             d ix / d gx = W / 2, d iy / d gy = H / 2, d gx / d theta[0] = (u_w, v_h, 1), likewise gy.
+
+The resampled map r is never written by the fused backends. x may be float16/bfloat16/float32/float64
+(low precision computed in float32, returned in x's dtype); theta is cast to the compute dtype before it
+reaches a kernel, and its gradient flows back through that cast.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from scstn_vcn.ops._backend import resolve
+from scstn_vcn.ops._checks import check_same_device, check_size, check_tensor, compute_dtype
+
+
+def affine_hpool_eager(x, theta):
+    """The reference: torch's affine_grid + grid_sample, then mean + max over w."""
+    dtype = compute_dtype(x)
+    grid = F.affine_grid(theta.to(dtype), list(x.shape), align_corners=False)
+    resampled = F.grid_sample(x.to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = resampled.mean(dim=-1) + resampled.max(dim=-1).values
+    return out.to(x.dtype)
+
+
+def fake_forward(x, theta):
+    batch, channels, height, _ = x.shape
+    return x.new_empty((batch, channels, height)), x.new_empty((batch, channels, height), dtype=torch.int32)
+
+
+def fake_backward(grad_out, x, theta, argmax):
+    return x.new_empty(x.shape), theta.new_empty(theta.shape)
+
+
+def setup_context(ctx, inputs, output):
+    x, theta = inputs
+    ctx.save_for_backward(x, theta, output[1])
+
+
+def make_backward(namespace):
+    def backward(ctx, grad_out, _grad_argmax):
+        x, theta, argmax = ctx.saved_tensors
+        return namespace().affine_hpool_backward(grad_out.contiguous(), x, theta, argmax)
+
+    return backward
+
+
+def check_inputs(x, theta):
+    check_tensor(x, "x", 4, "(B, C, H, W)")
+    check_tensor(theta, "theta", 3, "(B, 2, 3)")
+    check_size("theta", tuple(theta.shape), (x.shape[0], 2, 3), f"shape (B, 2, 3) = {(x.shape[0], 2, 3)} to match x")
+    check_same_device(x=x, theta=theta)
+
+
+def affine_hpool(x, theta, *, backend=None):
+    """out (B, C, H): horizontal mean + max of x (B, C, H, W) resampled by the affine theta (B, 2, 3).
+
+    backend: "eager", "triton" or "native"; None takes the process-wide setting (set_backend).
+    """
+    check_inputs(x, theta)
+    name = resolve(backend, x.device)
+    if name == "eager":
+        return affine_hpool_eager(x, theta)
+    from scstn_vcn.ops._wiring import op_namespace
+
+    out, _ = op_namespace(name).affine_hpool(x, theta.to(compute_dtype(x)).contiguous())
+    return out
