@@ -10,11 +10,25 @@
 
 // An importable Python module `scstn_vcn._C` whose import loads this library and so runs the
 // TORCH_LIBRARY registrations below; the ops are then reached through torch.ops.scstn_vcn.
+// WITH_CUDA tells whether this build compiled the CUDA kernels (setup.py decides).
 extern "C" {
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", "scstn_vcn compiled kernels (ops under torch.ops.scstn_vcn)", -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+#ifdef SCSTN_VCN_WITH_CUDA
+  PyObject* with_cuda = Py_True;
+#else
+  PyObject* with_cuda = Py_False;
+#endif
+  Py_INCREF(with_cuda);
+  if (PyModule_AddObject(module, "WITH_CUDA", with_cuda) < 0) {
+    Py_DECREF(with_cuda);
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
 
