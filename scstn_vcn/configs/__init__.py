@@ -1,1 +1,215 @@
-"""(filled in by its issue)"""
+"""Run configurations: the built-in defaults, YAML presets shipped beside this file, and
+command-line overrides.
+
+A configuration is a nested dict with the sections model / data / loss / optim / train / eval.
+`load_config(name_or_path, overrides)` starts from DEFAULTS, merges the preset (a file path or
+the name of a YAML file in this folder, with or without ".yaml"), then each "section.key=value"
+override; values are parsed as YAML scalars so `--set optim.lr=1e-3` gives a float.
+A preset may name another preset in `_base_`, merged first, so the six paper presets share one
+recipe file.
+"""
+
+import copy
+import os
+
+import yaml
+
+PRESET_DIR = os.path.dirname(os.path.abspath(__file__))
+
+# The paper's recipe (Sec. 4.2) is the default; presets only change the data set / variant.
+DEFAULTS = {
+    "model": {
+        "backbone": "resnet50",
+        "variant": "O",
+        "pretrained": None,  # path to ImageNet weights for the backbone (nothing downloads)
+        "ablation": None,  # a key of scstn_vcn.models.ABLATIONS, or None for the full model
+        "kwargs": {},  # extra Table 3 keyword arguments for build_model
+    },
+    "data": {
+        "name": "market1501",
+        "root": None,
+        "height": 384,
+        "width": 128,
+        "num_identities": 16,  # P
+        "num_instances": 6,  # K
+        "workers": 4,
+    },
+    "loss": {"alpha": 0.5, "beta": 0.5, "gamma": 1.0e-7, "use_rll": True, "kwargs": {}},
+    "optim": {
+        "lr": 5.0e-4,
+        "weight_decay": 5.0e-4,
+        "betas": [0.9, 0.999],
+        "warmup_epochs": 30,
+        "step_size": 80,
+        "step_gamma": 0.1,
+    },
+    "train": {
+        "epochs": 300,
+        "seed": 0,
+        "amp": "bf16",  # bf16 | fp16 | off; autocast runs on CUDA only
+        "fused": False,
+        "kernels": None,  # triton | native; None = triton on CUDA, native on CPU
+        "device": "auto",
+        "output": "runs/scstn_vcn",
+        "eval_every": 0,  # evaluate every N epochs during training (0: only at the end)
+        "deterministic": True,  # deterministic algorithms on the CPU
+        "sync_bn": False,
+        "max_steps_per_epoch": 0,  # 0: the whole sampler epoch (a cap is for smoke runs)
+    },
+    "eval": {"batch_size": 128, "workers": 4, "chunk_size": 4096},
+}
+
+SECTIONS = tuple(DEFAULTS)
+
+
+class ConfigError(ValueError):
+    """A preset or an override that cannot be applied; the message names it."""
+
+
+def list_presets():
+    return sorted(f[: -len(".yaml")] for f in os.listdir(PRESET_DIR) if f.endswith(".yaml"))
+
+
+def resolve_preset(name_or_path):
+    """Path of a preset given a file path or a preset name."""
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    name = name_or_path[: -len(".yaml")] if name_or_path.endswith(".yaml") else name_or_path
+    candidate = os.path.join(PRESET_DIR, name + ".yaml")
+    if os.path.isfile(candidate):
+        return candidate
+    raise ConfigError(
+        f"--config {name_or_path!r}: no such file and no such preset; presets: {', '.join(list_presets())}"
+    )
+
+
+def merge(base, update, where="config"):
+    """Recursively merge `update` into a copy of `base`; unknown sections are refused."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if where == "config" and key not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section {key!r}; expected one of {', '.join(SECTIONS)}")
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "kwargs":
+            out[key] = merge(out[key], value, where=f"{where}.{key}")
+        elif isinstance(value, dict) and key == "kwargs":
+            out[key] = {**out.get(key, {}), **value}
+        else:
+            if where != "config" and key not in out:
+                raise ConfigError(f"{where}: unknown key {key!r}; expected one of {', '.join(sorted(out))}")
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_preset(path, _seen=()):
+    """The preset's dict, with its `_base_` chain merged underneath it."""
+    if path in _seen:
+        raise ConfigError(f"{path}: `_base_` chain loops back to itself")
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    base_name = data.pop("_base_", None)
+    if base_name is None:
+        return data
+    base_path = os.path.join(os.path.dirname(path), base_name)
+    if not os.path.isfile(base_path):
+        base_path = resolve_preset(base_name)
+    base = read_preset(base_path, _seen + (path,))
+    return merge_raw(base, data)
+
+
+def merge_raw(base, update):
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_raw(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text):
+    """"section.key=value" -> (["section", "key"], parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. optim.lr=3e-4")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set {text!r}: the key must be section.key (sections: {', '.join(SECTIONS)})")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_override(config, parts, value, text=None):
+    """Set config[parts[0]][parts[1]]... = value, refusing unknown sections/keys (except under kwargs)."""
+    text = text or ".".join(parts)
+    node = config
+    for depth, part in enumerate(parts[:-1]):
+        if part not in node or not isinstance(node[part], dict):
+            raise ConfigError(f"--set {text}: unknown key {'.'.join(parts[: depth + 1])!r}")
+        node = node[part]
+    last = parts[-1]
+    if last not in node and parts[-2] != "kwargs":
+        raise ConfigError(
+            f"--set {text}: unknown key {'.'.join(parts)!r}; {'.'.join(parts[:-1])} has {', '.join(sorted(node))}"
+        )
+    node[last] = value
+    return config
+
+
+def load_config(name_or_path=None, overrides=()):
+    """DEFAULTS <- preset <- overrides ("section.key=value" strings or (parts, value) pairs)."""
+    config = copy.deepcopy(DEFAULTS)
+    if name_or_path:
+        config = merge(config, read_preset(resolve_preset(name_or_path)))
+    for item in overrides:
+        if isinstance(item, str):
+            parts, value = parse_override(item)
+            apply_override(config, parts, value, text=item)
+        else:
+            apply_override(config, *item)
+    validate(config)
+    return config
+
+
+def validate(config):
+    """Check the values whose mistakes would otherwise surface deep inside training."""
+    model, data, train, optim = config["model"], config["data"], config["train"], config["optim"]
+    if model["variant"] not in ("O", "M"):
+        raise ConfigError(f"model.variant must be 'O' or 'M', got {model['variant']!r}")
+    if train["amp"] not in ("bf16", "fp16", "off"):
+        raise ConfigError(f"train.amp must be bf16, fp16 or off, got {train['amp']!r}")
+    if train["kernels"] not in (None, "triton", "native"):
+        raise ConfigError(f"train.kernels must be triton, native or null, got {train['kernels']!r}")
+    for section, key in (("data", "height"), ("data", "width"), ("data", "num_identities"),
+                         ("data", "num_instances"), ("train", "epochs"), ("optim", "step_size")):
+        value = config[section][key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{section}.{key} must be a positive integer, got {value!r}")
+    if not isinstance(optim["warmup_epochs"], int) or optim["warmup_epochs"] < 0:
+        raise ConfigError(f"optim.warmup_epochs must be a non-negative integer, got {optim['warmup_epochs']!r}")
+    if not (isinstance(optim["lr"], (int, float)) and optim["lr"] > 0):
+        raise ConfigError(f"optim.lr must be a positive number, got {optim['lr']!r}")
+    if not isinstance(data["workers"], int) or data["workers"] < 0:
+        raise ConfigError(f"data.workers must be a non-negative integer, got {data['workers']!r}")
+    return config
+
+
+def dump_config(config):
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+# The identity of a model: a checkpoint can only be loaded into a model built the same way.
+MODEL_IDENTITY_KEYS = ("backbone", "variant", "ablation", "kwargs")
+
+
+def model_identity(config, num_classes):
+    ident = {key: config["model"][key] for key in MODEL_IDENTITY_KEYS}
+    ident["num_classes"] = int(num_classes)
+    return ident

@@ -1,0 +1,40 @@
+"""Where a run executes: the device, and which backend runs the fused ops (--fused / --kernels)."""
+
+import torch
+
+from scstn_vcn import ops
+
+
+def resolve_device(name="auto", local_rank=0):
+    """'auto' -> the local rank's GPU when CUDA is available, else the CPU."""
+    if name in (None, "auto"):
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"train.device / --device: {name!r} is not a device (expected auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available to torch on this machine")
+    return device
+
+
+def choose_backend(fused, kernels, device):
+    """The op backend for this run, set process-wide.
+
+    Eager unless `fused`; fused means `kernels` (triton | native) or, when not given, triton on
+    CUDA and native on the CPU. An unavailable backend raises ops.BackendUnavailableError with
+    its reason: a run asked to be fused never silently runs eager.
+    """
+    if kernels is not None and not fused:
+        raise ValueError(f"--kernels {kernels} only applies with --fused (the default runs the eager ops)")
+    if not fused:
+        name = "eager"
+    else:
+        name = kernels or ("triton" if device.type == "cuda" else "native")
+    ok, why = ops.backend_status(name, device)
+    if not ok:
+        raise ops.BackendUnavailableError(
+            f"--fused asked for the {name!r} backend on {device.type}, which is not available: {why}"
+        )
+    ops.set_backend(name)
+    return name

@@ -1,0 +1,56 @@
+"""Checks of the op contract shared by the three ops' test files: torch.library.opcheck of the registered
+ops (forward and backward), tracing by torch.compile(fullgraph=True), and bitwise determinism."""
+
+import torch
+
+from op_harness import kernel_inputs, lay_out
+from scstn_vcn.ops._wiring import op_namespace
+
+
+def opcheck_forward_and_backward(op, backend, case):
+    namespace = op_namespace(backend)
+    args = kernel_inputs(op, case)
+    forward = getattr(namespace, op).default
+    torch.library.opcheck(forward, args)
+    outputs = forward(*args)
+    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    backward = getattr(namespace, f"{op}_backward").default
+    if op == "channel_pool":
+        cmean, gpool, argmax = outputs
+        backward_args = (torch.randn_like(cmean), torch.randn_like(gpool), argmax, args[0])
+    elif op == "affine_hpool":
+        out, argmax = outputs
+        backward_args = (torch.randn_like(out), args[0], args[1], argmax)
+    else:
+        backward_args = (torch.randn_like(outputs[0]), *args)
+    # backward ops have no autograd formula of their own (no double backward): skip that check
+    torch.library.opcheck(backward, backward_args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+def compiled_matches_eager(fn, inputs):
+    """fn traced by torch.compile(fullgraph=True) (aot_eager: the fake functions and autograd formulas are
+    what is traced) gives the same outputs and gradients as fn run eagerly."""
+    eager_inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    compiled_inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    expected = fn(*eager_inputs)
+    actual = compiled(*compiled_inputs)
+    torch.testing.assert_close(actual, expected)
+    expected.sum().backward()
+    actual.sum().backward()
+    for a, e in zip(compiled_inputs, eager_inputs):
+        torch.testing.assert_close(a.grad, e.grad)
+
+
+def backward_is_bitwise_deterministic(call, case):
+    """Two forward+backward runs of `call(**inputs)` on the same case give bitwise-equal gradients."""
+    grads = []
+    for _ in range(2):
+        inputs = {k: lay_out(v, case.dtype, case.layout).requires_grad_() for k, v in case.values.items()}
+        out = call(**inputs)
+        out = out if isinstance(out, tuple) else (out,)
+        gen = torch.Generator().manual_seed(1)
+        torch.autograd.backward(out, [torch.randn(o.shape, generator=gen).to(o.dtype) for o in out])
+        grads.append([inputs[k].grad for k in sorted(inputs)])
+    for first, second in zip(*grads):
+        assert torch.equal(first, second)

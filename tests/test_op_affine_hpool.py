@@ -1,0 +1,72 @@
+"""affine_hpool on every available backend against the float64 eager reference (torch's affine_grid +
+grid_sample), plus its contract: gradcheck, opcheck, torch.compile, determinism and bad input."""
+
+import pytest
+import torch
+
+from op_contract import backward_is_bitwise_deterministic, compiled_matches_eager, opcheck_forward_and_backward
+from op_harness import assert_close_to_reference, device_backends, random_cases
+from scstn_vcn import ops
+
+OP = "affine_hpool"
+CASES = random_cases(OP, 60, seed=21)
+FUSED = [b for d, b in device_backends(fused_only=True) if d == "cpu"]
+
+
+@pytest.mark.parametrize("device,backend", device_backends())
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_matches_fp64_eager(device, backend, case):
+    assert_close_to_reference(OP, case, backend, device)
+
+
+def test_eager_gradcheck_fp64():
+    for case in random_cases(OP, 4, seed=22, limits=(2, 3, 5, 4)):
+        x = case.values["x"].clone().requires_grad_()
+        theta = case.values["theta"].clone().requires_grad_()
+        assert torch.autograd.gradcheck(lambda a, b: ops.affine_hpool(a, b, backend="eager"), (x, theta))
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_opcheck(backend):
+    for case in random_cases(OP, 5, seed=23)[:2]:
+        opcheck_forward_and_backward(OP, backend, case)
+
+
+@pytest.mark.parametrize("backend", ["eager"] + FUSED)
+def test_torch_compile_fullgraph(backend):
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    theta = torch.tensor([[[0.9, 0.0, 0.1], [0.0, 1.1, -0.2]], [[1.2, 0.3, 0.0], [-0.2, 0.8, 0.4]]], dtype=torch.float64)
+    compiled_matches_eager(lambda a, b: ops.affine_hpool(a, b, backend=backend), [x, theta])
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_backward_bitwise_deterministic(backend):
+    for case in random_cases(OP, 4, seed=24):
+        backward_is_bitwise_deterministic(lambda x, theta: ops.affine_hpool(x, theta, backend=backend), case)
+
+
+@pytest.mark.parametrize("backend", ops.available_backends("cpu"))
+def test_all_samples_outside_give_zero(backend):
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    theta = torch.tensor([[1.0, 0.0, 5.0], [0.0, 1.0, 0.0]]).expand(2, 2, 3).contiguous().requires_grad_()
+    out = ops.affine_hpool(x, theta, backend=backend)
+    assert torch.equal(out, torch.zeros(2, 3, 4))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x)) and torch.equal(theta.grad, torch.zeros_like(theta))
+
+
+def test_bad_inputs_name_the_argument():
+    x = torch.randn(2, 3, 4, 5)
+    theta = torch.zeros(2, 2, 3)
+    with pytest.raises(ValueError, match=r"theta must be 3-D \(B, 2, 3\)"):
+        ops.affine_hpool(x, torch.zeros(2, 6))
+    with pytest.raises(ValueError, match=r"theta must have shape \(B, 2, 3\) = \(2, 2, 3\) to match x, got shape \(3, 2, 3\)"):
+        ops.affine_hpool(x, torch.zeros(3, 2, 3))
+    with pytest.raises(ValueError, match=r"theta must have shape .* got shape \(2, 3, 3\)"):
+        ops.affine_hpool(x, torch.zeros(2, 3, 3))
+    with pytest.raises(TypeError, match="theta must be float16, bfloat16, float32 or float64, got torch.int32"):
+        ops.affine_hpool(x, theta.int())
+    with pytest.raises(ValueError, match=r"x must be 4-D"):
+        ops.affine_hpool(x[0], theta)
+    with pytest.raises(ValueError, match="theta must be on the same device as x"):
+        ops.affine_hpool(x, theta.to("meta"))
