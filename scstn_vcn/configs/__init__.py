@@ -143,6 +143,12 @@ def parse_override(text):
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):
+        # PyYAML (YAML 1.1) reads "1e-3" as a string; numbers are what such a value means here.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     return parts, value
 
 
@@ -183,6 +189,8 @@ def validate(config):
     model, data, train, optim = config["model"], config["data"], config["train"], config["optim"]
     if model["variant"] not in ("O", "M"):
         raise ConfigError(f"model.variant must be 'O' or 'M', got {model['variant']!r}")
+    if train["amp"] is False:  # YAML 1.1 reads an unquoted `off` as false
+        train["amp"] = "off"
     if train["amp"] not in ("bf16", "fp16", "off"):
         raise ConfigError(f"train.amp must be bf16, fp16 or off, got {train['amp']!r}")
     if train["kernels"] not in (None, "triton", "native"):
@@ -212,4 +220,6 @@ MODEL_IDENTITY_KEYS = ("backbone", "variant", "ablation", "kwargs")
 def model_identity(config, num_classes):
     ident = {key: config["model"][key] for key in MODEL_IDENTITY_KEYS}
     ident["num_classes"] = int(num_classes)
+    # The map size fixes SC-STN's FC1 (H*W inputs) and VCN's kernels (H taps).
+    ident["input_size"] = [int(config["data"]["height"]), int(config["data"]["width"])]
     return ident

@@ -3,18 +3,22 @@
 import os
 
 
-def ablation_kwargs(config):
-    """build_model keyword arguments: the named Table 3 ablation, then model.kwargs on top."""
+def _ablation(config):
+    """The named Table 3 row (scstn_vcn.models.ABLATIONS) or None for the full model."""
     from scstn_vcn.models import ABLATIONS
 
-    kwargs = {}
     name = config["model"].get("ablation")
-    if name not in (None, "full"):
-        if name not in ABLATIONS:
-            raise ValueError(f"model.ablation: unknown ablation {name!r}; expected one of {', '.join(sorted(ABLATIONS))}")
-        kwargs.update(ABLATIONS[name])
-    elif name == "full" and "full" in ABLATIONS:
-        kwargs.update(ABLATIONS["full"])
+    if name is None:
+        return None
+    if name not in ABLATIONS:
+        raise ValueError(f"model.ablation: unknown ablation {name!r}; expected one of {', '.join(sorted(ABLATIONS))}")
+    return ABLATIONS[name]
+
+
+def ablation_kwargs(config):
+    """build_model keyword arguments: the ablation's model settings, then model.kwargs on top."""
+    ablation = _ablation(config)
+    kwargs = dict(ablation.model) if ablation is not None else {}
     kwargs.update(config["model"].get("kwargs") or {})
     return kwargs
 
@@ -32,6 +36,8 @@ def build_model_from_config(config, num_classes, pretrained=True):
         backbone=config["model"]["backbone"],
         variant=config["model"]["variant"],
         pretrained=weights,
+        # SC-STN's FC1 and VCN's kernels are sized by the feature map, hence by the input size.
+        input_size=(int(config["data"]["height"]), int(config["data"]["width"])),
         **ablation_kwargs(config),
     )
 
@@ -40,13 +46,18 @@ def build_loss_from_config(config, num_classes):
     from scstn_vcn.losses import ReIDLoss
 
     loss = config["loss"]
+    ablation = _ablation(config)
+    kwargs = dict(ablation.loss) if ablation is not None else {}
+    kwargs.update(loss.get("kwargs") or {})
+    # The config's use_rll is overridden by an ablation that switches L_r off ("no_rll").
+    use_rll = kwargs.pop("use_rll", bool(loss["use_rll"]))
     return ReIDLoss(
         num_classes,
         alpha=float(loss["alpha"]),
         beta=float(loss["beta"]),
         gamma=float(loss["gamma"]),
-        use_rll=bool(loss["use_rll"]),
-        **(loss.get("kwargs") or {}),
+        use_rll=use_rll,
+        **kwargs,
     )
 
 

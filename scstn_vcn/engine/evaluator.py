@@ -46,14 +46,16 @@ def evaluate_model(model, dataset, config, device, amp="off"):
 
 
 def to_percent(results):
-    """Metrics in [0, 1] -> percentages with 2 decimals (what the table and JSON show)."""
+    """The scalar metrics (fractions in [0, 1] from scstn_vcn.metrics) as percentages, 2 decimals;
+    the CMC arrays are left out."""
     out = {}
     for branch, values in results.items():
         out[branch] = {}
-        for metric, value in values.items():
-            value = float(value.item() if isinstance(value, torch.Tensor) else value)
-            # scstn_vcn.metrics returns fractions in [0, 1].
-            out[branch][metric] = round(100.0 * value, 2)
+        for metric in METRICS:
+            if metric in values:
+                value = values[metric]
+                value = float(value.item() if isinstance(value, torch.Tensor) else value)
+                out[branch][metric] = round(100.0 * value, 2)
     return out
 
 

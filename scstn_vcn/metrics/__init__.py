@@ -1,1 +1,22 @@
-"""(filled in by its issue)"""
+"""Re-identification evaluation: cosine distance, CMC / mAP / mINP under the standard
+(Market-1501 / torchreid) protocol, and a query-chunked streaming evaluator for large galleries.
+
+* ``cosine_distance(a, b)``: 1 - cos, (len(a), len(b)).
+* ``evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50) -> (cmc, mAP)``
+  (torchreid's signature) and ``evaluate_rank_full(...) -> {"cmc", "mAP", "mINP", "num_valid_queries"}``.
+* ``evaluate_features(query_feats, gallery_feats, q_pids, g_pids, q_camids, g_camids, *, fusion,
+  chunk_size, device, max_rank) -> {name: {"rank1", "rank5", "rank10", "mAP", "mINP", ...}}``.
+"""
+
+from .distance import cosine_distance
+from .rank import evaluate_rank, evaluate_rank_full
+from .streaming import DEFAULT_CHUNK_SIZE, StreamingRankEvaluator, evaluate_features
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "StreamingRankEvaluator",
+    "cosine_distance",
+    "evaluate_features",
+    "evaluate_rank",
+    "evaluate_rank_full",
+]

@@ -48,21 +48,24 @@ def cosine_distance_rows(q: torch.Tensor, g: torch.Tensor, q_inv: torch.Tensor, 
     """Cosine distances (len(q), len(g)) given precomputed inverse norms.
 
     The gallery is never normalised as a whole (that would copy it); the product is scaled
-    by the inverse norms afterwards instead.
+    by the gallery's inverse norms afterwards instead.
     """
     out_dtype = compute_dtype(torch.promote_types(q.dtype, g.dtype))
-    low_precision = q.dtype in (torch.float16, torch.bfloat16) or g.dtype in (torch.float16, torch.bfloat16)
+    # The (small) query block is normalised before the product, so a float16 matmul only ever
+    # sees |<q_hat, g>| <= |g| and cannot overflow float16's 65504 through the query's norm.
+    q_hat = q.to(out_dtype) * q_inv.to(out_dtype)[:, None]
+    low_precision = g.dtype in (torch.float16, torch.bfloat16)
     if low_precision and q.device.type == "cpu":
-        qf = q.to(out_dtype)
         sim = torch.empty(q.shape[0], g.shape[0], dtype=out_dtype, device=q.device)
         for start in range(0, g.shape[0], _CPU_UPCAST_BLOCK):
             block = g[start:start + _CPU_UPCAST_BLOCK].to(out_dtype)
-            torch.matmul(qf, block.T, out=sim[:, start:start + block.shape[0]])
-    else:
-        common = torch.promote_types(q.dtype, g.dtype)
+            torch.matmul(q_hat, block.T, out=sim[:, start:start + block.shape[0]])
+    elif low_precision:
         # On the GPU fp16/bf16 matmuls accumulate in fp32; only the result is upcast.
-        sim = torch.matmul(q.to(common), g.to(common).T).to(out_dtype)
-    sim.mul_(q_inv.to(out_dtype)[:, None]).mul_(g_inv.to(out_dtype)[None, :])
+        sim = torch.matmul(q_hat.to(g.dtype), g.T).to(out_dtype)
+    else:
+        sim = torch.matmul(q_hat, g.to(out_dtype).T)
+    sim.mul_(g_inv.to(out_dtype)[None, :])
     # 1 - sim, in place to avoid a second (len(q), len(g)) buffer.
     return sim.neg_().add_(1.0)
 

@@ -102,7 +102,7 @@ def evaluate_rank_full(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: in
         ranks = np.flatnonzero(matches) + 1  # 1-based kept ranks of the positives, ascending
         n = ranks.size
         ap_sum += float(np.mean(np.arange(1, n + 1) / ranks))
-        inp_sum += n / ranks[-1]
+        inp_sum += float(n / ranks[-1])
         # CMC(k) is 1 from the first positive's rank on; beyond the kept list it stays 1 (padding).
         if ranks[0] <= max_rank:
             cmc_sum[ranks[0] - 1:] += 1.0

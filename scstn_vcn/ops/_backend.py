@@ -18,6 +18,11 @@ import torch
 
 BACKENDS = ("eager", "triton", "native")
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+_NATIVE_OPS = tuple(
+    f"scstn_vcn::{op}{suffix}"
+    for op in ("channel_pool", "affine_hpool", "vertical_proj")
+    for suffix in ("", "_backward")
+)
 _setting = {"backend": "eager"}
 _native_cache = {}
 
@@ -110,13 +115,16 @@ def _native_status(device_type):
     key = _DISPATCH_KEYS.get(device_type)
     if key is None:
         return False, f"the native extension has kernels for CPU and CUDA tensors, not {device_type!r}"
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("scstn_vcn::channel_pool", key):
+    missing = [op for op in _NATIVE_OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(op, key)]
+    if len(missing) == len(_NATIVE_OPS):
         if device_type == "cuda":
             return False, (
                 "scstn_vcn._C was built without its CUDA kernels (torch was not a CUDA build or nvcc was "
                 "not found at build time); reinstall with SCSTN_VCN_CUDA=1 to require them"
             )
         return False, "scstn_vcn._C has no CPU kernels registered (a broken build; reinstall the package)"
+    if missing:
+        return False, f"scstn_vcn._C has no {key} kernel for {', '.join(missing)} (a broken build; reinstall the package)"
     if device_type == "cuda" and not torch.cuda.is_available():
         return False, "no CUDA device is available to torch"
     return True, ""

@@ -1,0 +1,105 @@
+"""Benchmarks of the three fused ops: eager vs triton vs native vs torch.compile(eager).
+
+Each case times forward ("fwd", under no_grad) or forward + backward ("fwdbwd", torch.autograd.grad of
+all inputs) with the device synchronised inside the timed function, and records in extra_info:
+  min_bytes  the op's minimum memory traffic (benchmarks/bench_utils.py: inputs read once, outputs once)
+  gbps       min_bytes / median time, in GB/s
+  speedup    eager median / this median, the eager median measured in the same session
+
+Cases:
+  cuda  shapes (O) 96x2048x24x8 and (M) 96x2048x48x16, float32 and bfloat16, every backend
+  cpu   (O) with B = 32, float32, fwd+bwd: eager, native, compile (the native CPU speed targets)
+  cpu   a tiny shape, float32: eager, native and triton (interpreted; slow, there to keep the path alive)
+A backend that is not available on the machine is skipped with the reason.
+
+Run (writes a JSON with GPU name, torch/triton versions and date in machine_info):
+    pytest benchmarks/test_ops.py --benchmark-json=benchmarks/results/ops-$(hostname)-$(date -u +%Y%m%dT%H%MZ).json
+Only the GPU cases:  add  -k cuda ;  summary columns:  --benchmark-columns=median,iqr,rounds
+"""
+
+import itertools
+
+import pytest
+import torch
+
+from bench_utils import OPS, make_inputs, make_step, median_seconds, min_bytes
+from scstn_vcn import ops
+
+HAS_CUDA = torch.cuda.is_available()
+SHAPES = {
+    "O96": (96, 2048, 24, 8),
+    "M96": (96, 2048, 48, 16),
+    "O32": (32, 2048, 24, 8),
+    "tiny": (2, 16, 6, 4),
+}
+MODES = ("fwd", "fwdbwd")
+
+
+def _rounds(device, shape, backend):
+    """Rounds timed per case (after a warm-up call that also compiles): many on the GPU; on the CPU few
+    at the paper shape and for the interpreted Triton kernels, which take seconds a call."""
+    if device == "cuda":
+        return 50
+    return 3 if shape != "tiny" or backend == "triton" else 10
+
+
+def _dtype_name(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
+def _cases():
+    cases = []
+    for op, shape, dtype, mode, backend in itertools.product(
+        OPS, ("O96", "M96"), (torch.float32, torch.bfloat16), MODES, ("eager", "triton", "native", "compile")
+    ):
+        cases.append(("cuda", op, shape, dtype, mode, backend))
+    for op, backend in itertools.product(OPS, ("eager", "native", "compile")):
+        cases.append(("cpu", op, "O32", torch.float32, "fwdbwd", backend))
+    for op, mode, backend in itertools.product(OPS, MODES, ("eager", "native", "triton")):
+        cases.append(("cpu", op, "tiny", torch.float32, mode, backend))
+    params = []
+    for device, op, shape, dtype, mode, backend in cases:
+        marks = [pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")] if device == "cuda" else []
+        case_id = f"{device}-{op}-{shape}-{_dtype_name(dtype)}-{mode}-{backend}"
+        params.append(pytest.param(device, op, shape, dtype, mode, backend, marks=marks, id=case_id))
+    return params
+
+
+@pytest.mark.parametrize("device,op,shape,dtype,mode,backend", _cases())
+def test_bench_op(benchmark, eager_medians, device, op, shape, dtype, mode, backend):
+    if backend != "compile":
+        ok, why = ops.backend_status(backend, device)
+        if not ok:
+            pytest.skip(why)
+    elif device == "cuda" and "triton" not in ops.available_backends("cuda"):
+        pytest.skip("torch.compile's inductor needs Triton on CUDA")
+    benchmark.group = f"{device}-{op}-{shape}-{_dtype_name(dtype)}-{mode}"
+    inputs = make_inputs(op, SHAPES[shape], dtype, device)
+    step = make_step(op, backend, inputs, mode)
+    step()  # warm-up outside the timing: Triton/inductor compilation, allocator
+    rounds = _rounds(device, shape, backend)
+    benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1 if device == "cuda" else 0)
+
+    stats = getattr(benchmark, "stats", None)
+    if stats is None:  # --benchmark-disable: ran once, nothing to record
+        return
+    median = stats.stats.median
+    key = (device, op, shape, dtype, mode)
+    if backend == "eager":
+        eager_medians[key] = median
+    elif key not in eager_medians:  # eager deselected (-k): measure it here, untimed by pytest-benchmark
+        eager_medians[key] = median_seconds(make_step(op, "eager", inputs, mode), rounds)
+    nbytes = min_bytes(op, SHAPES[shape], dtype, mode)
+    benchmark.extra_info.update(
+        {
+            "device": device,
+            "op": op,
+            "shape": list(SHAPES[shape]),
+            "dtype": _dtype_name(dtype),
+            "mode": mode,
+            "backend": backend,
+            "min_bytes": nbytes,
+            "gbps": nbytes / median / 1e9,
+            "speedup": eager_medians[key] / median,
+        }
+    )

@@ -1,0 +1,114 @@
+// Helpers shared by the CPU kernels in csrc/cpu/.
+//
+// Threading and determinism: every kernel splits its work into items whose boundaries are fixed by the
+// problem size alone (a batch element times a tile of kChannelTile channels), never by the thread count.
+// Each item writes its own outputs or its own slot of partial sums; partials are then added in item
+// order by one thread. So the bits of every result are the same whatever torch.get_num_threads() is and
+// however at::parallel_for hands items to threads.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+
+namespace scstn_vcn {
+namespace cpu {
+
+// Channels per work item. Large enough that per-item overhead (precomputed sampling tables, partial
+// slots) is small next to the item's work, small enough that C = 2048 gives enough items for any core
+// count. Part of the reduction order: changing it changes low-order bits (but not determinism).
+constexpr int64_t kChannelTile = 32;
+
+inline int64_t num_tiles(int64_t channels) { return (channels + kChannelTile - 1) / kChannelTile; }
+
+// Copy one (H, W) plane with element strides (sh, sw) into a dense row-major buffer in the accumulation
+// type. This is the only place a kernel reads x, so any stride pattern works (contiguous, channels_last,
+// sliced, transposed) without a full .contiguous() copy of x, and float16/bfloat16 are widened once.
+template <typename scalar_t, typename acc_t>
+inline void load_plane(const scalar_t* src, int64_t sh, int64_t sw, int64_t height, int64_t width, acc_t* dst) {
+  if (sw == 1) {
+    for (int64_t h = 0; h < height; ++h) {
+      const scalar_t* row = src + h * sh;
+      acc_t* out = dst + h * width;
+      for (int64_t w = 0; w < width; ++w) out[w] = static_cast<acc_t>(row[w]);
+    }
+  } else {
+    for (int64_t h = 0; h < height; ++h) {
+      const scalar_t* row = src + h * sh;
+      acc_t* out = dst + h * width;
+      for (int64_t w = 0; w < width; ++w) out[w] = static_cast<acc_t>(row[w * sw]);
+    }
+  }
+}
+
+// Copy n contiguous accumulation-type values out to the storage dtype.
+template <typename scalar_t, typename acc_t>
+inline void store_row(const acc_t* src, int64_t n, scalar_t* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+}
+
+// Plain sum over a dense row with eight interleaved accumulators: a fixed association (so deterministic)
+// that the compiler can keep in vector registers, where a single running sum would be a serial chain.
+template <typename acc_t>
+inline acc_t row_sum(const acc_t* v, int64_t n) {
+  acc_t lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) lanes[l] += v[i + l];
+  }
+  for (int64_t l = 0; i < n; ++i, ++l) lanes[l] += v[i];
+  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+}
+
+// Maximum of a dense row and the index of its FIRST occurrence (the element torch.max names on the CPU).
+template <typename acc_t>
+inline acc_t row_max_first(const acc_t* v, int64_t n, int64_t* index) {
+  acc_t best = v[0];
+  for (int64_t i = 1; i < n; ++i) best = v[i] > best ? v[i] : best;
+  int64_t at = 0;
+  while (at < n && !(v[at] == best)) ++at;
+  *index = at < n ? at : 0;  // NaN rows: best stays v[0] unless it is NaN; name element 0 then
+  return best;
+}
+
+}  // namespace cpu
+}  // namespace scstn_vcn
+
+namespace scstn_vcn {
+namespace cpu {
+
+// Channels processed side by side in the vectorised kernels: their planes are interleaved so that one
+// spatial position of kLanes channels is contiguous, and every per-position operation becomes a
+// kLanes-wide loop the compiler turns into vector instructions (all channels share the sampling taps).
+constexpr int64_t kLanes = 8;
+
+// dst[s * kLanes + l] = plane of channel l at spatial position s = h * W + w, for l < n; lanes n.. are 0.
+template <typename scalar_t, typename acc_t>
+inline void load_group(const scalar_t* src, int64_t sc, int64_t sh, int64_t sw, int64_t n, int64_t height,
+                       int64_t width, acc_t* dst) {
+  if (n < kLanes) {
+    for (int64_t i = 0; i < height * width * kLanes; ++i) dst[i] = acc_t(0);
+  }
+  if (sc == 1) {  // channels_last: the lanes are already adjacent in memory
+    for (int64_t h = 0; h < height; ++h) {
+      for (int64_t w = 0; w < width; ++w) {
+        const scalar_t* p = src + h * sh + w * sw;
+        acc_t* out = dst + (h * width + w) * kLanes;
+        for (int64_t l = 0; l < n; ++l) out[l] = static_cast<acc_t>(p[l]);
+      }
+    }
+  } else {
+    for (int64_t l = 0; l < n; ++l) {
+      const scalar_t* p = src + l * sc;
+      for (int64_t h = 0; h < height; ++h) {
+        for (int64_t w = 0; w < width; ++w) dst[(h * width + w) * kLanes + l] = static_cast<acc_t>(p[h * sh + w * sw]);
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace scstn_vcn

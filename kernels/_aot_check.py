@@ -1,0 +1,118 @@
+"""Ahead-of-time compilation of every Triton kernel for an NVIDIA target, with no GPU needed.
+
+Triton ships ptxas, so the full compiled path (Triton IR -> LLVM -> PTX -> cubin) can be checked on a
+machine without a GPU, where the tests otherwise only reach the interpreter. This catches what the
+interpreter does not (type promotion, dynamic loop bounds, constexpr handling) and reports the register
+and stack (spill) use of each kernel at the block sizes the launchers pick for the paper shapes.
+
+    TRITON_INTERPRET=0 python -m scstn_vcn.kernels._aot_check [--arch 90] [--dtype float32 ...]
+
+Must run in a process where TRITON_INTERPRET is not 1 (the kernels must be real JIT functions).
+"""
+
+import argparse
+import os
+import subprocess
+import tempfile
+
+import torch
+import triton
+import triton.language as tl
+
+from scstn_vcn.kernels import affine_hpool as AH
+from scstn_vcn.kernels import channel_pool as CP
+from scstn_vcn.kernels import vertical_proj as VP
+from scstn_vcn.kernels._common import num_warps_for
+
+PAPER = {"O": (2048, 24, 8), "M": (2048, 48, 16)}
+K_KERNELS = 6
+_PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64"}
+
+
+def _jobs(dtype, shape):
+    """(kernel, argument types, constexprs, num_warps) for every kernel the launchers run on `shape`."""
+    C, H, W = shape
+    HW = H * W
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    P, A, ACC = _PTR[dtype], _PTR[compute], (tl.float64 if dtype == torch.float64 else tl.float32)
+    i32 = "i32"
+    jobs = []
+    bc, bp = CP._forward_blocks(C, HW)
+    jobs.append((CP._channel_pool_fwd_kernel,
+                 dict(x_ptr=P, partial_ptr=A, gpool_ptr=P, argmax_ptr="*i32", C=i32, HW=i32, W=i32, n_cblocks=i32,
+                      s_b=i32, s_c=i32, s_h=i32, s_w=i32), dict(ACC=ACC, BLOCK_C=bc, BLOCK_P=bp), num_warps_for(bc * bp)))
+    jobs.append((CP._channel_mean_reduce_kernel, dict(partial_ptr=A, cmean_ptr=P, C=i32, HW=i32, n_cblocks=i32),
+                 dict(ACC=ACC, BLOCK_P=CP._reduce_block(HW)), 4))
+    bc, bp = CP._backward_blocks(C, HW)
+    jobs.append((CP._channel_pool_bwd_kernel, dict(gm_ptr=P, gp_ptr=P, argmax_ptr="*i32", dx_ptr=P, C=i32, HW=i32),
+                 dict(ACC=ACC, BLOCK_C=bc, BLOCK_P=bp), num_warps_for(bc * bp)))
+    br, bw = AH._row_blocks(C, H, W)
+    geo = dict(C=i32, H=i32, W=i32, s_b=i32, s_c=i32, s_h=i32, s_w=i32)
+    jobs.append((AH._affine_hpool_fwd_kernel, dict(x_ptr=P, theta_ptr=A, out_ptr=P, argmax_ptr="*i32", **geo),
+                 dict(ACC=ACC, BLOCK_R=br, BLOCK_W=bw), num_warps_for(br * bw)))
+    jobs.append((AH._affine_hpool_dtheta_kernel,
+                 dict(x_ptr=P, theta_ptr=A, g_ptr=P, argmax_ptr="*i32", partial_ptr=A, n_rblocks=i32, **geo),
+                 dict(ACC=ACC, BLOCK_R=br, BLOCK_W=bw), num_warps_for(br * bw)))
+    jobs.append((AH._dtheta_reduce_kernel, dict(partial_ptr=A, dtheta_ptr=A, n_rblocks=i32), dict(ACC=ACC), 1))
+    bc, bp = AH._dx_blocks(C, HW)
+    jobs.append((AH._affine_hpool_dx_kernel,
+                 dict(g_ptr=P, argmax_ptr="*i32", start_ptr="*i64", sample_ptr="*i32", weight_ptr=A, dx_ptr=P,
+                      C=i32, H=i32, W=i32, n_entries=i32), dict(ACC=ACC, BLOCK_C=bc, BLOCK_P=bp), num_warps_for(bc * bp)))
+    bc, bk, bh = VP._blocks(C, K_KERNELS, H)
+    vp = dict(C=i32, K=i32, H=i32)
+    consts = dict(ACC=ACC, BLOCK_C=bc, BLOCK_K=bk, BLOCK_H=bh)
+    jobs.append((VP._vertical_proj_fwd_kernel, dict(F_ptr=P, delta_ptr=A, f_ptr=P, **vp), consts, num_warps_for(bc * bk * bh)))
+    jobs.append((VP._vertical_proj_dF_kernel, dict(g_ptr=P, delta_ptr=A, dF_ptr=P, **vp), consts, num_warps_for(bc * bk * bh)))
+    dbc = min(bc, 8)
+    jobs.append((VP._vertical_proj_ddelta_kernel, dict(g_ptr=P, F_ptr=P, ddelta_ptr=A, B=i32, **vp),
+                 dict(consts, BLOCK_C=dbc), num_warps_for(dbc * bk * bh)))
+    return jobs
+
+
+def _resources(cubin):
+    """'REG:n STACK:n ...' of a cubin, from the cuobjdump that Triton ships (None if it is missing)."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(cubin)
+        handle.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", handle.name], capture_output=True, text=True).stdout
+    fields = [line for line in out.splitlines() if "REG:" in line]
+    return dict(field.split(":") for field in fields[0].split() if ":" in field) if fields else None
+
+
+def compile_all(arch=90, dtypes=(torch.float32,), shapes=("O",)):
+    """Compile every kernel; returns a list of (name, dtype, shape, constexprs, warps, resources)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("run without TRITON_INTERPRET=1: the interpreter replaces the JIT functions")
+    target = GPUTarget("cuda", arch, 32)
+    report = []
+    for dtype in dtypes:
+        for shape in shapes:
+            for kernel, types, consts, warps in _jobs(dtype, PAPER[shape]):
+                signature = {name: ("constexpr" if name in consts else types[name]) for name in kernel.arg_names}
+                compiled = triton.compile(ASTSource(kernel, signature, constexprs=consts), target=target,
+                                          options={"num_warps": warps})
+                shown = {k: v for k, v in consts.items() if k != "ACC"}
+                report.append((kernel.__name__, str(dtype), shape, shown, warps, _resources(compiled.asm["cubin"])))
+    return report
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float16", "bfloat16", "float32", "float64"])
+    parser.add_argument("--shape", nargs="+", default=["O", "M"], choices=list(PAPER))
+    args = parser.parse_args()
+    dtypes = [getattr(torch, name) for name in args.dtype]
+    for name, dtype, shape, consts, warps, res in compile_all(args.arch, dtypes, args.shape):
+        usage = "" if res is None else f"REG {res.get('REG')} STACK {res.get('STACK')}"
+        print(f"{name:32s} {dtype:15s} {shape} warps={warps} {consts} {usage}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Shared pieces of the data-set readers: the item type, root lookup and split checks.
+
+Every reader produces three lists of ``(path, pid, camid)`` items (torchreid's convention):
+``train`` with identities relabelled 0..N-1 (so they index the classifier directly), and
+``query`` / ``gallery`` with the original identities (evaluation only compares them).
+Camera ids are 0-based everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, NamedTuple, Sequence
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class Item(NamedTuple):
+    """One image: its path (str), identity and 0-based camera."""
+
+    path: str
+    pid: int
+    camid: int
+
+
+def resolve_root(root: str | Path, folder_names: Sequence[str], required: Sequence[str], dataset: str) -> Path:
+    """Find the data set folder: ``root`` itself or ``root/<name>`` for one of its usual names.
+
+    ``required`` are entries (folders or files) that the data set folder must hold. The error
+    lists every place looked at and what was expected there, because a wrong ``--root`` is the
+    most common set-up mistake.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"{dataset}: root {root} does not exist (expected a folder holding "
+                                f"{', '.join(required)}, or a parent of one named {' / '.join(folder_names)})")
+    candidates = [root] + [root / name for name in folder_names]
+    for candidate in candidates:
+        if candidate.is_dir() and all((candidate / entry).exists() for entry in required):
+            return candidate
+    def state(c: Path) -> str:
+        if c.is_dir():
+            missing = [entry for entry in required if not (c / entry).exists()]
+            return f"{c} (lacks {', '.join(missing)})"
+        return f"{c} ({'not a folder' if c.exists() else 'absent'})"
+
+    looked = "; ".join(state(c) for c in candidates)
+    raise FileNotFoundError(f"{dataset}: no folder holding {', '.join(required)} found; looked in: {looked}")
+
+
+def relabel(items: Iterable[Item]) -> list[Item]:
+    """Map the identities of ``items`` to 0..N-1 in sorted order of the original ids (stable, deterministic)."""
+    items = list(items)
+    mapping = {pid: label for label, pid in enumerate(sorted({it.pid for it in items}))}
+    return [Item(it.path, mapping[it.pid], it.camid) for it in items]
+
+
+class ReIDDataset:
+    """A train / query / gallery split with the summary counts the model and engine need."""
+
+    name = "reid"
+
+    def __init__(self, train: list[Item], query: list[Item], gallery: list[Item], root: Path):
+        self.root = Path(root)
+        for split, items in (("train", train), ("query", query), ("gallery", gallery)):
+            if not items:
+                raise ValueError(f"{self.name}: the {split} split under {self.root} is empty (no usable images found)")
+        self.train = train
+        self.query = query
+        self.gallery = gallery
+
+    @property
+    def num_train_pids(self) -> int:
+        return len({it.pid for it in self.train})
+
+    @property
+    def num_train_cams(self) -> int:
+        return len({it.camid for it in self.train})
+
+    @property
+    def num_train_imgs(self) -> int:
+        return len(self.train)
+
+    def summary(self) -> str:
+        def row(split: str, items: list[Item]) -> str:
+            return (f"  {split:<8} {len({i.pid for i in items}):>6} ids {len(items):>7} images "
+                    f"{len({i.camid for i in items}):>3} cameras")
+        return "\n".join([f"{self.name} at {self.root}", row("train", self.train), row("query", self.query),
+                          row("gallery", self.gallery)])
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(root={str(self.root)!r}, train={len(self.train)}, query={len(self.query)}, "
+                f"gallery={len(self.gallery)}, num_train_pids={self.num_train_pids})")

@@ -1,0 +1,36 @@
+"""``scstn-vcn make-synthetic`` arguments -> ``make_synthetic`` (the CLI module can delegate here)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .synthetic import make_synthetic
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="scstn-vcn make-synthetic",
+                                               description="Write a synthetic ReID set in the Market-1501 layout.")
+    parser.add_argument("root", help="folder to write (the data set folder itself)")
+    parser.add_argument("--num-identities", type=int, default=240, help="identities in all (about half train)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images-per-identity", type=int, default=12, help="training images per identity")
+    parser.add_argument("--gallery-per-identity", type=int, default=10)
+    parser.add_argument("--query-per-identity", type=int, default=2)
+    parser.add_argument("--num-cameras", type=int, default=6)
+    parser.add_argument("--num-distractors", type=int, default=100, help="gallery images of identity 0")
+    parser.add_argument("--num-junk", type=int, default=40, help="gallery images of identity -1")
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=0, help="processes drawing images (output is the same)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty folder that is not this set")
+    return parser
+
+
+def make_synthetic_main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    make_synthetic(args.root, num_identities=args.num_identities, seed=args.seed,
+                   images_per_identity=args.images_per_identity, gallery_per_identity=args.gallery_per_identity,
+                   query_per_identity=args.query_per_identity, num_cameras=args.num_cameras,
+                   num_distractors=args.num_distractors, num_junk=args.num_junk, height=args.height,
+                   width=args.width, overwrite=args.overwrite, workers=args.workers, verbose=True)
+    return 0

@@ -1,0 +1,163 @@
+r"""Backbones: torchvision ResNets (and a tiny ResNet for CPU runs) cut before their pooling and fc.
+
+Variants (Sec. 4.2), for an input of 384 x 128:
+  "O"  the original ResNet with the last stride removed: layer4's stride is 1 -> output stride 16,
+       feature map C x 24 x 8 (ResNet-50: 2048 x 24 x 8).
+  "M"  layer3 and layer4 dilated instead of strided (dilation 2 and 4) -> output stride 8,
+       C x 48 x 16. Neither variant adds parameters.
+Each stride-2 stage maps a side n to ceil(n / 2) (conv1 7x7/2 pad 3, maxpool 3x3/2 pad 1, 3x3/2 pad 1
+convs), so the map is ceil(in / output_stride) on each side; `feature_size` says it without running.
+
+The backbone's parameter names are torchvision's (conv1, bn1, layer1..layer4), so a torchvision ResNet
+state dict loads into it directly (`pretrained=` a file path; nothing is downloaded).
+"""
+
+import math
+import os
+
+import torch
+import torchvision
+from torch import nn
+
+RESNETS = {"resnet18": torchvision.models.resnet18, "resnet34": torchvision.models.resnet34,
+           "resnet50": torchvision.models.resnet50}
+BACKBONES = (*RESNETS, "tiny")
+VARIANTS = ("O", "M")
+
+
+def _dilate_stage(stage, previous_dilation, dilation):
+    """Turn a stride-2 ResNet stage into a stride-1 one with dilated 3x3 convs (DeepLab style).
+
+    The 3x3 conv that used to stride keeps the previous dilation (it sees the map at the old sampling),
+    every later 3x3 conv in the stage uses `dilation`; the 1x1 downsample shortcut loses its stride.
+    padding = dilation keeps each 3x3 conv size-preserving.
+    """
+    for index, block in enumerate(stage):
+        for conv in (m for m in block.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)):
+            d = previous_dilation if (index == 0 and conv.stride == (2, 2)) else dilation
+            conv.stride, conv.dilation, conv.padding = (1, 1), (d, d), (d, d)
+        if block.downsample is not None:
+            block.downsample[0].stride = (1, 1)
+
+
+def _remove_last_stride(stage):
+    block = stage[0]
+    for conv in (m for m in block.modules() if isinstance(m, nn.Conv2d)):
+        conv.stride = (1, 1)
+
+
+class TinyBlock(nn.Module):
+    """A ResNet basic block (two 3x3 convs + shortcut) with few channels."""
+
+    def __init__(self, in_channels, out_channels, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x):
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + shortcut)
+
+
+class ResNetBackbone(nn.Module):
+    """image (B, 3, H_in, W_in) -> feature map M (B, C, H, W); ResNet stem + layer1..layer4."""
+
+    def __init__(self, name, stem, layers, out_channels, output_stride):
+        super().__init__()
+        self.name = name
+        self.conv1, self.bn1, self.relu, self.maxpool = stem
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.out_channels = out_channels
+        self.output_stride = output_stride
+
+    def feature_size(self, input_size):
+        """(H, W) of M for an input of size (H_in, W_in)."""
+        return tuple(math.ceil(side / self.output_stride) for side in input_size)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def _tiny_parts(width=16):
+    """Stem 3x3/2 + maxpool, then 4 stages of one basic block each: widths w, 2w, 4w, 8w (C = 128)."""
+    stem = (nn.Conv2d(3, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1))
+    widths = [width, 2 * width, 4 * width, 8 * width]
+    layers, previous = [], width
+    for index, channels in enumerate(widths):
+        layers.append(nn.Sequential(TinyBlock(previous, channels, 1 if index == 0 else 2)))
+        previous = channels
+    return stem, layers, widths[-1]
+
+
+def load_pretrained(backbone, path):
+    """Load a torchvision ResNet state dict from the file `path` into `backbone` (fc.* ignored)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained: no such file {path!r} (expected a torchvision ResNet state-dict file)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt or non-torch file: say which file, keep the cause
+        raise ValueError(f"pretrained: could not read {path!r} as a torch state-dict file: {error}") from error
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"pretrained: {path!r} does not hold a state dict (a mapping of names to tensors)")
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = backbone.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        def some(keys):
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+        details = []
+        if missing:
+            details.append(f"missing keys: {some(missing)}")
+        if unexpected:
+            details.append(f"unexpected keys: {some(unexpected)}")
+        if mismatched:
+            details.append("shape mismatches: " + some([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched]))
+        raise ValueError(
+            f"pretrained: {path!r} does not match the {backbone.name} backbone ({'; '.join(details)}); "
+            f"expected a torchvision {backbone.name} state dict"
+        )
+    backbone.load_state_dict(state, strict=True)
+    return backbone
+
+
+def build_backbone(name="resnet50", variant="O", pretrained=None):
+    """A ResNetBackbone: name in BACKBONES, variant "O" (output stride 16) or "M" (dilated, stride 8)."""
+    if name not in BACKBONES:
+        raise ValueError(f"backbone must be one of {', '.join(map(repr, BACKBONES))}, got {name!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be 'O' (last stride 1) or 'M' (layer3/4 dilated), got {variant!r}")
+    if name == "tiny":
+        stem, layers, channels = _tiny_parts()
+    else:
+        net = RESNETS[name](weights=None)
+        stem = (net.conv1, net.bn1, net.relu, net.maxpool)
+        layers = [net.layer1, net.layer2, net.layer3, net.layer4]
+        channels = net.fc.in_features
+    if variant == "O":
+        _remove_last_stride(layers[3])
+        output_stride = 16
+    else:
+        _dilate_stage(layers[2], 1, 2)
+        _dilate_stage(layers[3], 2, 4)
+        output_stride = 8
+    backbone = ResNetBackbone(name, stem, layers, channels, output_stride)
+    if pretrained is not None:
+        load_pretrained(backbone, pretrained)
+    return backbone

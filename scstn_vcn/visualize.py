@@ -1,0 +1,194 @@
+"""Figures (PNG, matplotlib's Agg backend, no display needed):
+
+  training curves   loss / accuracy / learning rate (and eval metrics) per epoch from log.csv
+  ranked lists      Fig. 7: a query and its top-k gallery images, green border = same identity
+  alignment         Fig. 5: the input image and the same image resampled with the SC-STN's theta
+  heat maps         Fig. 6: the channel mean of the backbone map M, upsampled over the image
+"""
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+FIGURES = ("curves", "ranked", "alignment", "heatmap")
+
+
+def _save(fig, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_training_curves(log_csv, path):
+    """Loss terms, accuracy, lr and any rank-1/mAP columns of `log_csv` against the epoch."""
+    from scstn_vcn.engine.logging import read_csv_log
+
+    if not os.path.isfile(log_csv):
+        raise FileNotFoundError(f"training log {log_csv}: no such file (expected the log.csv of a `scstn-vcn train` run)")
+    rows = read_csv_log(log_csv)
+    if not rows:
+        raise ValueError(f"training log {log_csv}: holds no epoch rows")
+    epochs = [r["epoch"] for r in rows]
+    loss_keys = [k for k in rows[-1] if k == "loss" or k.startswith("loss_")]
+    eval_keys = [k for k in rows[-1] if k.endswith("_rank1") or k.endswith("_mAP")]
+    panels = [("loss", loss_keys, True), ("accuracy (global ID, train)", ["acc"], False), ("learning rate", ["lr"], False)]
+    if eval_keys:
+        panels.append(("evaluation (%)", eval_keys, False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (title, keys, log_scale) in zip(np.atleast_1d(axes), panels):
+        for key in keys:
+            points = [(r["epoch"], r[key]) for r in rows if isinstance(r.get(key), float)]
+            if points:
+                ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=key)
+        if log_scale and all(r.get("loss", 1) > 0 for r in rows):
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def load_images(items, height, width):
+    """(raw images in [0, 1] (N, 3, H, W), the normalised model input) for (path, pid, camid) items."""
+    from scstn_vcn.data.image_dataset import read_image
+    from scstn_vcn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    raw = []
+    for item in items:
+        image = read_image(item[0]).resize((width, height))
+        raw.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1))
+    raw = torch.stack(raw)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return raw, (raw - mean) / std
+
+
+def _show(ax, image, title=None, border=None):
+    ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(border is not None)
+        if border is not None:
+            spine.set_edgecolor(border)
+            spine.set_linewidth(4)
+    if title:
+        ax.set_title(title, fontsize=7)
+
+
+def ranked_lists(distmat, q_items, g_items, height, width, path, num_queries=4, topk=10):
+    """Fig. 7. Gallery images of the query's identity and camera are skipped (the protocol)."""
+    q_pids = np.array([it[1] for it in q_items])
+    q_cams = np.array([it[2] for it in q_items])
+    g_pids = np.array([it[1] for it in g_items])
+    g_cams = np.array([it[2] for it in g_items])
+    distmat = np.asarray(distmat)
+    # Evenly spread queries that have a valid match, so the figure is not one identity.
+    valid = [q for q in range(len(q_items)) if np.any((g_pids == q_pids[q]) & (g_cams != q_cams[q]))]
+    if not valid:
+        raise ValueError("ranked lists: no query has a gallery match from another camera")
+    chosen = [valid[i] for i in np.linspace(0, len(valid) - 1, min(num_queries, len(valid))).astype(int)]
+    fig, axes = plt.subplots(len(chosen), topk + 1, figsize=(1.1 * (topk + 1), 2.3 * len(chosen)), squeeze=False)
+    for row, q in enumerate(chosen):
+        order = np.argsort(distmat[q], kind="stable")
+        keep = ~((g_pids[order] == q_pids[q]) & (g_cams[order] == q_cams[q])) & (g_pids[order] != -1)
+        top = order[keep][:topk]
+        raw_q, _ = load_images([q_items[q]], height, width)
+        _show(axes[row, 0], raw_q[0], f"query\nid {q_pids[q]}", border="black")
+        raw_g, _ = load_images([g_items[i] for i in top], height, width)
+        for col, (g, image) in enumerate(zip(top, raw_g), start=1):
+            match = g_pids[g] == q_pids[q]
+            _show(axes[row, col], image, f"{col}: id {g_pids[g]}", border="green" if match else "red")
+        for col in range(len(top) + 1, topk + 1):
+            axes[row, col].axis("off")
+    fig.suptitle("ranked lists (fusion distance): green = same identity, red = different")
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def alignment_figure(model, items, height, width, device, path):
+    """Fig. 5: each input image beside the image resampled by the model's SC-STN theta.
+
+    theta maps output to source coordinates in the normalised [-1, 1] frame, so the same theta
+    applies at the image's resolution as at the feature map's (affine_grid with align_corners=False
+    is resolution-independent)."""
+    raw, inputs = load_images(items, height, width)
+    model.eval()
+    out = model(inputs.to(device), return_theta=True)
+    if "theta" not in out:
+        raise ValueError("alignment: the model has no spatial branch, so no theta to show")
+    theta = out["theta"].float().cpu()
+    grid = F.affine_grid(theta, raw.shape, align_corners=False)
+    aligned = F.grid_sample(raw, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    fig, axes = plt.subplots(2, len(items), figsize=(1.3 * len(items), 5), squeeze=False)
+    for col in range(len(items)):
+        t = theta[col]
+        _show(axes[0, col], raw[col], f"id {items[col][1]}")
+        _show(axes[1, col], aligned[col], f"s {t[0, 0]:.2f},{t[1, 1]:.2f}\nt {t[0, 2]:.2f},{t[1, 2]:.2f}")
+    axes[0, 0].set_ylabel("input")
+    axes[1, 0].set_ylabel("SC-STN")
+    fig.suptitle("SC-STN alignment: input (top), affine-resampled with the predicted theta (bottom)")
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def heatmap_figure(model, items, height, width, device, path):
+    """Fig. 6: the channel mean of the backbone's map M, min-max scaled, over each image."""
+    raw, inputs = load_images(items, height, width)
+    model.eval()
+    feature_map = model.backbone(inputs.to(device)).float().mean(dim=1, keepdim=True).cpu()
+    heat = F.interpolate(feature_map, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+    lo = heat.flatten(1).min(1).values.view(-1, 1, 1)
+    hi = heat.flatten(1).max(1).values.view(-1, 1, 1)
+    heat = (heat - lo) / (hi - lo).clamp_min(1e-12)
+    fig, axes = plt.subplots(1, len(items), figsize=(1.3 * len(items), 2.8), squeeze=False)
+    for col in range(len(items)):
+        _show(axes[0, col], raw[col], f"id {items[col][1]}")
+        axes[0, col].imshow(heat[col].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    fig.suptitle("activation: channel mean of the backbone map")
+    return _save(fig, path)
+
+
+def pick_items(items, count):
+    """`count` items spread over the list (distinct identities where possible)."""
+    by_pid = {}
+    for item in items:
+        by_pid.setdefault(item[1], item)
+    pool = list(by_pid.values()) if len(by_pid) >= count else list(items)
+    index = np.linspace(0, len(pool) - 1, min(count, len(pool))).astype(int)
+    return [pool[i] for i in index]
+
+
+def draw_model_figures(model, dataset, config, device, folder, which, num_queries=4, topk=10, features=None):
+    """The model-based figures of `which` (ranked, alignment, heatmap) into `folder`; their paths.
+    `features` = (query, gallery) from extract_features, to skip extracting them again."""
+    height, width = int(config["data"]["height"]), int(config["data"]["width"])
+    written = []
+    if "ranked" in which:
+        from scstn_vcn.metrics import cosine_distance
+
+        if features is None:
+            from scstn_vcn.engine.evaluator import extract_query_gallery
+
+            features = extract_query_gallery(model, dataset, config, device)
+        query, gallery = features
+        names = [n for n in ("global", "spatial") if n in query["feats"]]
+        distmat = sum(cosine_distance(query["feats"][n], gallery["feats"][n]) for n in names)
+        written.append(ranked_lists(distmat.cpu().numpy(), dataset.query, dataset.gallery, height, width,
+                                    os.path.join(folder, "ranked_lists.png"), num_queries, topk))
+    samples = pick_items(dataset.query, 8)
+    if "alignment" in which:
+        written.append(alignment_figure(model, samples, height, width, device, os.path.join(folder, "alignment.png")))
+    if "heatmap" in which:
+        written.append(heatmap_figure(model, samples, height, width, device, os.path.join(folder, "heatmaps.png")))
+    return written

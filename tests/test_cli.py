@@ -1,0 +1,192 @@
+"""The `scstn-vcn` command line, end to end at a tiny size (through scstn_vcn.cli.main)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scstn_vcn.cli import main
+
+TINY = ["--set", "data.height=64", "--set", "data.width=32", "--set", "data.num_identities=4",
+        "--set", "data.num_instances=2", "--set", "train.max_steps_per_epoch=2", "--set", "eval.batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One tiny demo: synthesises 8 identities, trains 2 short epochs, evaluates, draws the figures."""
+    out = tmp_path_factory.mktemp("demo")
+    import contextlib
+    import io
+
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["demo", "--output", str(out), "--num-identities", "8", "--epochs", "2", "--no-progress"] + TINY)
+    return code, stdout.getvalue(), out
+
+
+def test_demo_prints_the_table_and_writes_the_figures(demo_run):
+    code, printed, out = demo_run
+    assert code == 0
+    assert "ops backend 'eager'" in printed
+    lines = printed.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("branch"))
+    assert lines[header].split() == ["branch", "rank-1", "mAP"]
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[header + 2: header + 5]}
+    assert set(rows) == {"global", "spatial", "fusion"}
+    assert all(0.0 <= v <= 100.0 for values in rows.values() for v in values)
+    for name in ("training_curves", "ranked_lists", "alignment", "heatmaps"):
+        png = out / "figures" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    results = json.loads((out / "run" / "results.json").read_text())
+    assert results["results"]["fusion"]["rank1"] == rows["fusion"][0]
+    assert (out / "run" / "checkpoint.pth").is_file() and (out / "run" / "log.csv").is_file()
+    assert (out / "data" / "synthetic.json").is_file()
+
+
+def test_eval_prints_all_metrics_and_writes_json(demo_run, tmp_path, capsys):
+    _, _, out = demo_run
+    target = tmp_path / "res.json"
+    code = main(["eval", "--checkpoint", str(out / "run" / "checkpoint.pth"), "--output", str(target)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "rank-1   rank-5  rank-10      mAP     mINP" in printed
+    results = json.loads(target.read_text())["results"]
+    assert set(results) == {"global", "spatial", "fusion"}
+    assert set(results["fusion"]) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
+    # The same checkpoint and data give the numbers the demo printed after training.
+    demo = json.loads((out / "run" / "results.json").read_text())["results"]
+    assert results == demo
+
+
+def test_export_npz(demo_run, tmp_path):
+    _, _, out = demo_run
+    target = tmp_path / "feats.npz"
+    assert main(["export", "--checkpoint", str(out / "run" / "checkpoint.pth"), "--format", "npz",
+                 "--output", str(target)]) == 0
+    data = np.load(target)
+    assert data["query_global"].shape[0] == data["query_pids"].shape[0] == data["query_paths"].shape[0]
+    assert data["gallery_spatial"].shape[1] == 6 * data["gallery_global"].shape[1]  # C*K with K = 6
+    assert str(data["query_paths"][0]).endswith(".jpg")
+
+
+def test_export_onnx_or_clear_error(demo_run, tmp_path, capsys):
+    _, _, out = demo_run
+    target = tmp_path / "model.onnx"
+    args = ["export", "--checkpoint", str(out / "run" / "checkpoint.pth"), "--format", "onnx", "--output", str(target)]
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        assert main(args) == 2
+        assert "pip install onnx onnxscript" in capsys.readouterr().err
+        return
+    assert main(args) == 0
+    import onnx
+
+    model = onnx.load(str(target))
+    assert [o.name for o in model.graph.output] == ["global", "spatial"]
+    from onnx.reference import ReferenceEvaluator
+
+    images = np.random.default_rng(0).standard_normal((3, 3, 64, 32)).astype(np.float32)  # batch 3: dynamic
+    got = ReferenceEvaluator(str(target)).run(None, {"images": images})
+    from scstn_vcn.engine.builders import build_model_from_config
+    from scstn_vcn.engine.checkpoint import load_checkpoint, load_model_weights
+
+    state = load_checkpoint(out / "run" / "checkpoint.pth")
+    net = build_model_from_config(state["config"], state["identity"]["num_classes"], pretrained=False)
+    load_model_weights("x", state, net)
+    with torch.no_grad():
+        want = net.eval()(torch.from_numpy(images))
+    np.testing.assert_allclose(got[0], want["global"].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[1], want["spatial"].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_without_onnx_installed_says_what_to_install(demo_run, tmp_path, capsys, monkeypatch):
+    _, _, out = demo_run
+    monkeypatch.setitem(__import__("sys").modules, "onnxscript", None)  # makes `import onnxscript` fail
+    err = _error(capsys, ["export", "--checkpoint", str(out / "run" / "checkpoint.pth"), "--format", "onnx",
+                          "--output", str(tmp_path / "m.onnx")])
+    assert "pip install onnx onnxscript" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_visualize_writes_pngs(demo_run, tmp_path, capsys):
+    _, _, out = demo_run
+    folder = tmp_path / "figs"
+    assert main(["visualize", "--checkpoint", str(out / "run" / "checkpoint.pth"), "--output", str(folder),
+                 "--num-queries", "2", "--topk", "3"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["alignment.png", "heatmaps.png", "ranked_lists.png",
+                                                        "training_curves.png"]
+    assert main(["visualize", "--what", "curves,bogus", "--log", str(out / "run" / "log.csv")]) == 2
+    assert "unknown figure(s) bogus" in capsys.readouterr().err
+
+
+def test_make_synthetic(tmp_path, capsys):
+    root = tmp_path / "syn"
+    assert main(["make-synthetic", str(root), "--num-identities", "4", "--num-distractors", "1", "--num-junk", "1",
+                 "--images-per-identity", "2", "--gallery-per-identity", "2", "--query-per-identity", "1"]) == 0
+    assert (root / "bounding_box_train").is_dir() and (root / "query").is_dir()
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def _error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_missing_data_root_is_a_one_line_error(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    err = _error(capsys, ["train", "--config", "demo", "--data-root", str(missing), "--output", str(tmp_path / "r")])
+    assert str(missing) in err
+
+
+def test_data_root_of_the_wrong_layout(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    err = _error(capsys, ["train", "--config", "r50o_market1501", "--data-root", str(tmp_path / "empty"),
+                          "--output", str(tmp_path / "r")])
+    assert "market1501" in err and "bounding_box_train" in err
+
+
+def test_missing_and_foreign_checkpoints(demo_run, tmp_path, capsys):
+    _, _, out = demo_run
+    err = _error(capsys, ["eval", "--checkpoint", str(tmp_path / "none.pth"), "--data-root", str(out / "data")])
+    assert f"{tmp_path / 'none.pth'}: no such file" in err
+    checkpoint = str(out / "run" / "checkpoint.pth")
+    err = _error(capsys, ["eval", "--checkpoint", checkpoint, "--config", "demo", "--data-root", str(out / "data")])
+    # The demo preset's 128x64 input is not the tiny run's 64x32.
+    assert f"checkpoint {checkpoint} is of another configuration" in err and "input_size" in err
+    err = _error(capsys, ["train", "--resume", checkpoint, "--set", "model.variant=M", "--output", str(tmp_path / "r")])
+    assert "variant: checkpoint has 'O', this run expects 'M'" in err
+
+
+def test_unavailable_backend_fails_instead_of_falling_back(demo_run, tmp_path, capsys, monkeypatch):
+    _, _, out = demo_run
+    # tests/conftest.py may run Triton in its interpreter; an ordinary CPU run cannot.
+    monkeypatch.setattr("scstn_vcn.ops._backend.triton_interpreting", lambda: False)
+    err = _error(capsys, ["train", "--config", "demo", "--data-root", str(out / "data"), "--fused", "--kernels",
+                          "triton", "--output", str(tmp_path / "r")] + TINY)
+    assert "'triton' backend on cpu, which is not available" in err
+    assert not (tmp_path / "r" / "checkpoint.pth").exists()
+
+
+def test_fused_cpu_training_uses_native(demo_run, tmp_path, capsys):
+    from scstn_vcn import ops
+
+    _, _, out = demo_run
+    argv = ["train", "--config", "demo", "--data-root", str(out / "data"), "--fused", "--epochs", "1",
+            "--output", str(tmp_path / "r"), "--no-eval", "--no-progress"] + TINY
+    try:
+        if not ops.backend_status("native", "cpu")[0]:
+            err = _error(capsys, argv)
+            assert "'native' backend on cpu" in err
+            return
+        assert main(argv) == 0
+        assert "ops backend 'native'" in capsys.readouterr().out
+    finally:
+        ops.set_backend("eager")
