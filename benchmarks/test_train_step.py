@@ -5,6 +5,7 @@ CUDA: the paper's R50-O at 384x128, batch 96 (16 x 6), bf16 autocast, eager vs t
 skipped without a GPU. Speeds go to benchmark.extra_info (images/s); nothing is asserted about them.
 """
 
+import os
 import time
 
 import pytest
@@ -21,6 +22,7 @@ CASES = {
     "cuda": dict(backbone="resnet50", size=(384, 128), P=16, K=6, amp="bf16", rounds=20),
 }
 OPTIM = {"lr": 5e-4, "weight_decay": 5e-4, "betas": [0.9, 0.999]}
+_EAGER_MEDIAN = {}  # device -> eager median step time of this session (conftest runs eager first)
 
 
 def _skip_reason(device, backend):
@@ -65,8 +67,14 @@ def test_train_step(benchmark, device, backend):
         elapsed = time.perf_counter() - start
     assert torch.isfinite(total)
     median = benchmark.stats.stats.median if benchmark.stats else elapsed / (case["rounds"] + 1)
+    if backend == "eager":
+        _EAGER_MEDIAN[device] = median
+    elif device in _EAGER_MEDIAN:
+        benchmark.extra_info["speedup_vs_eager"] = round(_EAGER_MEDIAN[device] / median, 3)
     benchmark.extra_info.update({
         "device": device, "backend": backend, "backbone": case["backbone"], "input": list(case["size"]),
         "batch": batch, "amp": case["amp"], "images_per_s": round(batch / median, 1),
         "torch_threads": torch.get_num_threads(),
+        # Other jobs on the machine slow CPU steps a lot (OpenMP oversubscription): keep the load with the numbers.
+        "loadavg_1min": round(os.getloadavg()[0], 2),
     })

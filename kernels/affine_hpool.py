@@ -43,6 +43,8 @@ Backward design: deterministic, no atomics, correct for ANY theta (rotation and 
 Coordinates are clamped to [-2, size + 1] before the floor: all four neighbours of a clamped sample stay
 outside the map exactly when they were outside before, and the int32 conversion cannot overflow.
 Low precision inputs are computed in float32, float64 in float64; offsets are int64.
+NaN inputs: the sums, hence the outputs, are NaN as in eager, but the max ignores NaN, so argmax (and
+the max's gradient) may point at a different element than torch.max, which returns the NaN's index.
 """
 
 import torch

@@ -19,6 +19,8 @@ Backward design. dx is a pure elementwise map of (g_m, g_p, argmax): one program
 (image, channel block, position chunk) writes its tile of dx once, contiguous.
 
 x may have any strides; they are passed to the kernels (no copy). Offsets are computed in int64.
+NaN inputs: the sums, hence the outputs, are NaN as in eager, but the max ignores NaN, so argmax (and
+the max's gradient) may point at a different element than torch.max, which returns the NaN's index.
 """
 
 import torch

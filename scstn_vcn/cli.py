@@ -1,12 +1,11 @@
 """Command line: `scstn-vcn {train, eval, demo, visualize, export, make-synthetic}`.
 
 Mistakes in what the user gave (a missing data folder, a checkpoint of another configuration,
-an unavailable backend, a bad --set) end as one line `scstn-vcn: error: ...` with exit code 2;
+an unavailable backend, a bad --set) end as one line `scstn-vcn COMMAND: error: ...` with exit code 2;
 --traceback shows the full trace instead.
 """
 
 import argparse
-import os
 import sys
 
 from scstn_vcn import __version__
@@ -74,7 +73,7 @@ def build_parser():
     p.add_argument("--output", default="scstn_vcn_demo", help="demo folder (data/, run/, figures/)")
     p.add_argument("--epochs", type=int, help="train.epochs")
     p.add_argument("--num-identities", type=int, default=None,
-                   help="identities to synthesise when the data is absent (default: the demo's 64)")
+                   help="identities to synthesise when the data is absent (default 240: 120 train, 120 test)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
 

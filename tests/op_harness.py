@@ -35,7 +35,7 @@ class Case:
 
 def lay_out(values, dtype, layout, device="cpu"):
     """`values` rounded to `dtype` on `device`, in the memory layout `layout` (4-D layouts apply to 4-D tensors)."""
-    rounded = values.to(device=device, dtype=dtype)
+    rounded = values.to(device=device, dtype=dtype, copy=True)  # never the master itself: grads would pile up
     if layout == "channels_last" and rounded.dim() == 4:
         return rounded.contiguous(memory_format=torch.channels_last)
     if layout == "strided":

@@ -9,7 +9,8 @@ import torch
 from scstn_vcn.cli import main
 
 TINY = ["--set", "data.height=64", "--set", "data.width=32", "--set", "data.num_identities=4",
-        "--set", "data.num_instances=2", "--set", "train.max_steps_per_epoch=2", "--set", "eval.batch_size=32"]
+        "--set", "data.num_instances=2", "--set", "train.max_steps_per_epoch=2", "--set", "eval.batch_size=32",
+        "--set", "data.workers=0"]
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +76,13 @@ def test_export_onnx_or_clear_error(demo_run, tmp_path, capsys):
     target = tmp_path / "model.onnx"
     args = ["export", "--checkpoint", str(out / "run" / "checkpoint.pth"), "--format", "onnx", "--output", str(target)]
     try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
+        import onnx
+        import onnxscript  # noqa: F401  (torch.onnx.export needs it)
     except ImportError:
         assert main(args) == 2
         assert "pip install onnx onnxscript" in capsys.readouterr().err
         return
     assert main(args) == 0
-    import onnx
-
     model = onnx.load(str(target))
     assert [o.name for o in model.graph.output] == ["global", "spatial"]
     from onnx.reference import ReferenceEvaluator

@@ -140,6 +140,8 @@ def _train(config, resume=None, stop_after=None):
         trainer.fit()
     except Stop:
         pass
+    finally:
+        trainer.close()
     return trainer
 
 
@@ -176,6 +178,7 @@ def test_resume_from_another_configuration_names_the_checkpoint(tiny_data, tmp_p
 
 
 def test_training_lowers_the_loss(tiny_data, tmp_path):
+    threads = torch.get_num_threads()
     trainer = _train(tiny_config(tiny_data, tmp_path / "run", epochs=6, max_steps_per_epoch=3))
     from scstn_vcn.engine.logging import read_csv_log
 
@@ -183,3 +186,19 @@ def test_training_lowers_the_loss(tiny_data, tmp_path):
     assert len(rows) == 6
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert {"loss_global_ce", "loss_spatial_ce", "loss_spatial_rll", "lr", "acc"} <= set(rows[0])
+    # The demo preset's `threads: 1` applied during the run only.
+    assert torch.get_num_threads() == threads
+
+
+def test_ablations_from_the_config():
+    from scstn_vcn.engine.builders import build_loss_from_config, build_model_from_config
+
+    base = [("data.height", 64), ("data.width", 32)]
+    config = load_config("demo", [(k.split("."), v) for k, v in base + [("model.ablation", "baseline")]])
+    model = build_model_from_config(config, 5).eval()
+    assert set(model(torch.randn(2, 3, 64, 32))) == {"global"}
+    config = load_config("demo", [(k.split("."), v) for k, v in base + [("model.ablation", "no_rll")]])
+    assert build_loss_from_config(config, 5).rll is None
+    config = load_config("demo", [(k.split("."), v) for k, v in base + [("model.ablation", "nonsense")]])
+    with pytest.raises(ValueError, match="unknown ablation 'nonsense'"):
+        build_model_from_config(config, 5)

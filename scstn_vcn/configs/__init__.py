@@ -55,6 +55,7 @@ DEFAULTS = {
         "deterministic": True,  # deterministic algorithms on the CPU
         "sync_bn": False,
         "max_steps_per_epoch": 0,  # 0: the whole sampler epoch (a cap is for smoke runs)
+        "threads": 0,  # torch intra-op CPU threads; 0 keeps torch's default
     },
     "eval": {"batch_size": 128, "workers": 4, "chunk_size": 4096},
 }

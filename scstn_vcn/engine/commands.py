@@ -1,6 +1,5 @@
 """The CLI's sub-commands; each takes the parsed argparse namespace (see scstn_vcn/cli.py)."""
 
-import json
 import os
 import time
 
@@ -82,7 +81,11 @@ def load_model_for_inference(args, need_data=True):
     else:
         config = _config_from_checkpoint(state, config_overrides(args))
     device = resolve_device(config["train"]["device"])
-    choose_backend(bool(config["train"]["fused"]), config["train"]["kernels"], device)
+    if int(config["train"].get("threads") or 0) > 0:
+        torch.set_num_threads(int(config["train"]["threads"]))
+    backend = choose_backend(bool(config["train"]["fused"]), config["train"]["kernels"], device)
+    print(f"model {config['model']['backbone']}-{config['model']['variant']} from {args.checkpoint}, "
+          f"device {device}, ops backend {backend!r}")
     dataset = None
     num_classes = state["identity"]["num_classes"]
     if need_data:

@@ -13,7 +13,8 @@ from scstn_vcn.configs import load_config
 from scstn_vcn.engine.checkpoint import unwrap
 from scstn_vcn.engine.commands import config_overrides
 
-DEMO_IDENTITIES = 64
+# make_synthetic's default (240 identities, ~3,000 128x64 images): 120 to train, 120 to test.
+DEMO_IDENTITIES = 240
 
 
 def _has_data(root):

@@ -1,7 +1,6 @@
 """The training loop: P x K batches, the Eq. 8 loss, Adam with warm-up + step decay, autocast on
 CUDA, DistributedDataParallel under torchrun, per-epoch atomic checkpoints and logs, resume."""
 
-import math
 import os
 import time
 
@@ -109,7 +108,14 @@ class Trainer:
         self.output = train_cfg["output"]
         self.amp = train_cfg["amp"] if self.device.type == "cuda" else "off"
 
-        seed_everything(int(train_cfg["seed"]), deterministic=bool(train_cfg["deterministic"]) and self.device.type == "cpu")
+        # Process-wide torch settings this run changes; close() puts them back (matters when the
+        # trainer runs inside a longer process, e.g. a test session).
+        self._saved_settings = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+                                torch.is_deterministic_algorithms_warn_only_enabled())
+        if int(train_cfg.get("threads") or 0) > 0:
+            torch.set_num_threads(int(train_cfg["threads"]))
+        # seed + rank: ranks draw different augmentations; DDP copies rank 0's initial weights to all.
+        seed_everything(int(train_cfg["seed"]) + self.info.rank, deterministic=bool(train_cfg["deterministic"]) and self.device.type == "cpu")
         self.backend = choose_backend(bool(train_cfg["fused"]), train_cfg["kernels"], self.device)
 
         self.dataset = build_dataset_from_config(config)
@@ -239,3 +245,6 @@ class Trainer:
 
     def close(self):
         dist_utils.cleanup(self.info)
+        threads, deterministic, warn_only = self._saved_settings
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
