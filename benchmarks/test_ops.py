@@ -37,10 +37,12 @@ MODES = ("fwd", "fwdbwd")
 
 def _rounds(device, shape, backend):
     """Rounds timed per case (after a warm-up call that also compiles): many on the GPU; on the CPU few
-    at the paper shape and for the interpreted Triton kernels, which take seconds a call."""
+    at the paper shape (seconds a round) and for the interpreted Triton kernels."""
     if device == "cuda":
         return 50
-    return 3 if shape != "tiny" or backend == "triton" else 10
+    if backend == "triton":
+        return 3
+    return 7 if shape != "tiny" else 10
 
 
 def _dtype_name(dtype):

@@ -3,7 +3,7 @@ ops (forward and backward), tracing by torch.compile(fullgraph=True), and bitwis
 
 import torch
 
-from op_harness import kernel_inputs, lay_out
+from op_harness import call_op, kernel_inputs, lay_out
 from scstn_vcn.ops._wiring import op_namespace
 
 
@@ -42,15 +42,14 @@ def compiled_matches_eager(fn, inputs):
         torch.testing.assert_close(a.grad, e.grad)
 
 
-def backward_is_bitwise_deterministic(call, case):
-    """Two forward+backward runs of `call(**inputs)` on the same case give bitwise-equal gradients."""
+def backward_is_bitwise_deterministic(op, backend, case):
+    """Two forward+backward runs of `op` on the same case give bitwise-equal gradients."""
     grads = []
     for _ in range(2):
         inputs = {k: lay_out(v, case.dtype, case.layout).requires_grad_() for k, v in case.values.items()}
-        out = call(**inputs)
-        out = out if isinstance(out, tuple) else (out,)
+        outputs = call_op(op, inputs, backend)
         gen = torch.Generator().manual_seed(1)
-        torch.autograd.backward(out, [torch.randn(o.shape, generator=gen).to(o.dtype) for o in out])
+        torch.autograd.backward(outputs, [torch.randn(o.shape, generator=gen).to(o.dtype) for o in outputs])
         grads.append([inputs[k].grad for k in sorted(inputs)])
     for first, second in zip(*grads):
         assert torch.equal(first, second)

@@ -137,7 +137,8 @@ def random_cases(op, count, seed, limits=(3, 40, 12, 8)):
     return cases
 
 
-def _call(op, inputs, backend):
+def call_op(op, inputs, backend):
+    """The public op on a dict of named inputs; always a tuple of outputs."""
     if op == "channel_pool":
         return ops.channel_pool(inputs["x"], backend=backend)
     if op == "affine_hpool":
@@ -151,8 +152,8 @@ def run(op, case, backend, device="cpu", upstream_seed=0):
     inputs = {k: lay_out(v, case.dtype, case.layout, device).requires_grad_() for k, v in case.values.items()}
     reference_inputs = {k: v.detach().to("cpu", torch.float64).requires_grad_() for k, v in inputs.items()}
 
-    outputs = _call(op, inputs, backend)
-    reference = _call(op, reference_inputs, "eager")
+    outputs = call_op(op, inputs, backend)
+    reference = call_op(op, reference_inputs, "eager")
     gen = torch.Generator().manual_seed(upstream_seed)
     upstream = [torch.randn(r.shape, generator=gen, dtype=torch.float64) for r in reference]
     torch.autograd.backward(outputs, [u.to(o.device, o.dtype) for u, o in zip(upstream, outputs)])

@@ -167,39 +167,30 @@ template <typename scalar_t, typename acc_t>
 void forward_group_separable(const SeparableTables<acc_t>& sep, const acc_t* XI, int64_t H, int64_t W, int64_t n,
                              acc_t inv_w, acc_t* T, scalar_t* out, int32_t* am) {
   constexpr int64_t L = kLanes;
+  using V = typename LaneVec<acc_t>::type;
   for (int64_t h = 0; h < H; ++h) {
     const auto& ry = sep.rows[h];
     const acc_t* r0 = XI + ry.i0 * W * L;
     const acc_t* r1 = XI + ry.i1 * W * L;
-    for (int64_t i = 0; i < W * L; ++i) T[i] = ry.w0 * r0[i] + ry.w1 * r1[i];
-    // argmax kept as acc_t so the compare-and-select stays one vector width (w is exact in it)
-    acc_t sum[L], best[L], idx[L];
-    {
-      const auto& cx = sep.cols[0];
-      const acc_t* t0 = T + cx.i0 * L;
-      const acc_t* t1 = T + cx.i1 * L;
-      for (int64_t l = 0; l < L; ++l) {
-        const acc_t v = cx.w0 * t0[l] + cx.w1 * t1[l];
-        sum[l] = v;
-        best[l] = v;
-        idx[l] = acc_t(0);
-      }
+    for (int64_t j = 0; j < W; ++j) {
+      store_lanes(T + j * L, ry.w0 * load_lanes(r0 + j * L) + ry.w1 * load_lanes(r1 + j * L));
     }
+    // argmax kept as acc_t so the compare-and-select stays one vector width (w is exact in it)
+    const auto& first = sep.cols[0];
+    V sum = first.w0 * load_lanes(T + first.i0 * L) + first.w1 * load_lanes(T + first.i1 * L);
+    V best = sum;
+    V idx = splat(acc_t(0));
     for (int64_t w = 1; w < W; ++w) {
       const auto& cx = sep.cols[w];
-      const acc_t* t0 = T + cx.i0 * L;
-      const acc_t* t1 = T + cx.i1 * L;
-      const acc_t fw = static_cast<acc_t>(w);
-      for (int64_t l = 0; l < L; ++l) {
-        const acc_t v = cx.w0 * t0[l] + cx.w1 * t1[l];
-        sum[l] += v;
-        const bool gt = v > best[l];  // strict: the first maximum keeps its place
-        best[l] = gt ? v : best[l];
-        idx[l] = gt ? fw : idx[l];
-      }
+      const V v = cx.w0 * load_lanes(T + cx.i0 * L) + cx.w1 * load_lanes(T + cx.i1 * L);
+      sum += v;
+      const auto gt = v > best;  // strict: the first maximum keeps its place
+      best = gt ? v : best;
+      idx = gt ? splat(static_cast<acc_t>(w)) : idx;
     }
+    const V result = sum * inv_w + best;
     for (int64_t l = 0; l < n; ++l) {
-      out[l * H + h] = static_cast<scalar_t>(sum[l] * inv_w + best[l]);
+      out[l * H + h] = static_cast<scalar_t>(result[l]);
       am[l * H + h] = static_cast<int32_t>(idx[l]);
     }
   }
@@ -215,56 +206,60 @@ bool backward_group_separable(const SeparableTables<acc_t>& sep, const acc_t* co
                               const int32_t* a_row, acc_t* T, acc_t* Dd, acc_t* DB, acc_t* ST, acc_t* SD, acc_t* gx,
                               acc_t* gy) {
   constexpr int64_t L = kLanes;
+  using V = typename LaneVec<acc_t>::type;
   bool ok = true;
   for (int64_t i = 0; i < H * W * L; ++i) DI[i] = acc_t(0);
   for (int64_t h = 0; h < H; ++h) {
-    acc_t g[L], g_mean[L];
-    int64_t a[L];
-    for (int64_t l = 0; l < L; ++l) {
-      g[l] = acc_t(0);
-      a[l] = 0;
-    }
+    acc_t g_lane[L] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t a[L] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t l = 0; l < n; ++l) {
       const int64_t al = a_row[l * H + h];
       if (al < 0 || al >= W) {
         ok = false;
         continue;
       }
-      g[l] = g_row[l * H + h];
+      g_lane[l] = g_row[l * H + h];
       a[l] = al;
     }
-    for (int64_t l = 0; l < L; ++l) g_mean[l] = g[l] * inv_w;
+    const V g = load_lanes(g_lane);
+    const V g_mean = g * inv_w;
     const auto& ry = sep.rows[h];
     const acc_t* r0 = XI + ry.i0 * W * L;
     const acc_t* r1 = XI + ry.i1 * W * L;
     acc_t* st = ST + h * W * L;
     acc_t* sd = SD + h * W * L;
     for (int64_t j = 0; j < W; ++j) {
-      for (int64_t l = 0; l < L; ++l) {
-        const int64_t i = j * L + l;
-        const acc_t bj = ry.w0 * r0[i] + ry.w1 * r1[i];
-        const acc_t dj = ry.valid1 * r1[i] - ry.valid0 * r0[i];
-        T[i] = bj;
-        Dd[i] = dj;
-        st[i] += g[l] * bj;
-        sd[i] += g[l] * dj;
-      }
-    }
-    for (int64_t j = 0; j < W; ++j) {
-      for (int64_t l = 0; l < L; ++l) DB[j * L + l] = g_mean[l] * colsum[j];
+      const int64_t i = j * L;
+      const V x0 = load_lanes(r0 + i), x1 = load_lanes(r1 + i);
+      const V bj = ry.w0 * x0 + ry.w1 * x1;
+      const V dj = ry.valid1 * x1 - ry.valid0 * x0;
+      store_lanes(T + i, bj);
+      store_lanes(Dd + i, dj);
+      store_lanes(st + i, load_lanes(st + i) + g * bj);
+      store_lanes(sd + i, load_lanes(sd + i) + g * dj);
+      store_lanes(DB + i, g_mean * colsum[j]);
     }
     // the max term: the whole g of lane l lands on the sample (h, a[l])
     for (int64_t l = 0; l < n; ++l) {
       const auto& ca = sep.cols[a[l]];
-      gx[h * W + a[l]] += g[l] * (ca.valid1 * T[ca.i1 * L + l] - ca.valid0 * T[ca.i0 * L + l]);
-      gy[h * W + a[l]] += g[l] * (ca.w0 * Dd[ca.i0 * L + l] + ca.w1 * Dd[ca.i1 * L + l]);
-      DB[ca.i0 * L + l] += g[l] * ca.w0;
-      DB[ca.i1 * L + l] += g[l] * ca.w1;
+      const acc_t gl = g_lane[l];
+      gx[h * W + a[l]] += gl * (ca.valid1 * T[ca.i1 * L + l] - ca.valid0 * T[ca.i0 * L + l]);
+      gy[h * W + a[l]] += gl * (ca.w0 * Dd[ca.i0 * L + l] + ca.w1 * Dd[ca.i1 * L + l]);
+      DB[ca.i0 * L + l] += gl * ca.w0;
+      DB[ca.i1 * L + l] += gl * ca.w1;
     }
     acc_t* d0 = DI + ry.i0 * W * L;
-    for (int64_t i = 0; i < W * L; ++i) d0[i] += ry.w0 * DB[i];
     acc_t* d1 = DI + ry.i1 * W * L;
-    for (int64_t i = 0; i < W * L; ++i) d1[i] += ry.w1 * DB[i];
+    for (int64_t j = 0; j < W; ++j) {
+      const int64_t i = j * L;
+      const V db = load_lanes(DB + i);
+      store_lanes(d0 + i, load_lanes(d0 + i) + ry.w0 * db);
+    }
+    for (int64_t j = 0; j < W; ++j) {
+      const int64_t i = j * L;
+      const V db = load_lanes(DB + i);
+      store_lanes(d1 + i, load_lanes(d1 + i) + ry.w1 * db);
+    }
   }
   return ok;
 }
@@ -421,10 +416,7 @@ std::tuple<at::Tensor, at::Tensor> affine_hpool_backward_cpu(const at::Tensor& g
                                           dblend.data(), lane_t.data(), lane_d.data(), gx.data(), gy.data())) {
               bad[item] = 1;
             }
-            for (int64_t l = 0; l < n; ++l) {
-              scalar_t* dst = dxp + (b * C + g0 + l) * S;
-              for (int64_t i = 0; i < S; ++i) dst[i] = static_cast<scalar_t>(dgroup[i * kLanes + l]);
-            }
+            store_group(dgroup.data(), n, S, dxp + (b * C + g0) * S, S);
           }
           // lanes summed in lane order: sum over the tile's channels of g t and g d
           for (int64_t i = 0; i < S; ++i) {

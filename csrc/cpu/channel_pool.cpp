@@ -11,6 +11,7 @@
 // to gpool and the plane is added into the item's own cmean partial; partials are summed over tiles in
 // tile order afterwards, so cmean is deterministic. Low precision is accumulated in float32.
 
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -51,8 +52,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> channel_pool_cpu(const at::Tensor
         acc_t* sum_plane = part + item * HW;
         for (int64_t i = 0; i < HW; ++i) sum_plane[i] = acc_t(0);
         for (int64_t c = c0; c < c1; ++c) {
-          load_plane(xp + b * sb + c * sc, sh, sw, H, W, plane.data());
-          const acc_t* v = plane.data();
+          const scalar_t* src = xp + b * sb + c * sc;
+          const acc_t* v;
+          if constexpr (std::is_same_v<scalar_t, acc_t>) {
+            if (sw == 1 && sh == W) {
+              v = reinterpret_cast<const acc_t*>(src);  // a dense plane in the compute dtype: read in place
+            } else {
+              load_plane(src, sh, sw, H, W, plane.data());
+              v = plane.data();
+            }
+          } else {
+            load_plane(src, sh, sw, H, W, plane.data());
+            v = plane.data();
+          }
           for (int64_t i = 0; i < HW; ++i) sum_plane[i] += v[i];
           int64_t at;
           const acc_t best = row_max_first(v, HW, &at);

@@ -7,12 +7,18 @@
 // however at::parallel_for hands items to threads.
 #pragma once
 
+// The lane vectors are passed by value between inline helpers only; GCC warns that their ABI depends on
+// -mavx, which does not matter for calls that never cross a compiled-function boundary.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <cstdint>
+#include <type_traits>
+#include <cstring>
 
 namespace scstn_vcn {
 namespace cpu {
@@ -85,7 +91,16 @@ namespace cpu {
 // kLanes-wide loop the compiler turns into vector instructions (all channels share the sampling taps).
 constexpr int64_t kLanes = 8;
 
+// dst[l * sc + s] = src[s * kLanes + l] for l < n (the group's dense output planes, stride sc apart).
+template <typename scalar_t, typename acc_t>
+inline void store_group(const acc_t* src, int64_t n, int64_t size, scalar_t* dst, int64_t sc) {
+  for (int64_t l = 0; l < n; ++l) {
+    for (int64_t s = 0; s < size; ++s) dst[l * sc + s] = static_cast<scalar_t>(src[s * kLanes + l]);
+  }
+}
+
 // dst[s * kLanes + l] = plane of channel l at spatial position s = h * W + w, for l < n; lanes n.. are 0.
+// Channel l's plane starts at src + l * sc and is read through its strides (any layout).
 template <typename scalar_t, typename acc_t>
 inline void load_group(const scalar_t* src, int64_t sc, int64_t sh, int64_t sw, int64_t n, int64_t height,
                        int64_t width, acc_t* dst) {
@@ -108,6 +123,45 @@ inline void load_group(const scalar_t* src, int64_t sc, int64_t sh, int64_t sw, 
       }
     }
   }
+}
+
+}  // namespace cpu
+}  // namespace scstn_vcn
+
+namespace scstn_vcn {
+namespace cpu {
+
+// kLanes values as one GCC/Clang vector (two or four SSE registers on a baseline x86-64 build): the
+// auto-vectoriser leaves the lane loops scalar once they contain compare-and-select, so the vectorised
+// kernels spell the vectors out. Loads and stores go through memcpy (unaligned, no aliasing issue).
+template <typename acc_t>
+struct LaneVec;
+template <>
+struct LaneVec<float> {
+  typedef float type __attribute__((vector_size(kLanes * sizeof(float))));
+};
+template <>
+struct LaneVec<double> {
+  typedef double type __attribute__((vector_size(kLanes * sizeof(double))));
+};
+
+template <typename acc_t>
+inline typename LaneVec<acc_t>::type load_lanes(const acc_t* p) {
+  typename LaneVec<acc_t>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename acc_t>
+inline void store_lanes(acc_t* p, typename LaneVec<acc_t>::type v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+template <typename acc_t>
+inline typename LaneVec<acc_t>::type splat(acc_t s) {
+  typename LaneVec<acc_t>::type v;
+  for (int64_t l = 0; l < kLanes; ++l) v[l] = s;
+  return v;
 }
 
 }  // namespace cpu

@@ -11,6 +11,7 @@
 // cross-thread partials at all; dF is written in the same pass from the same delta rows.
 // Low precision F is computed in float32; delta (and so ddelta) is in the compute dtype.
 
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -32,6 +33,23 @@ inline acc_t dot(const acc_t* a, const acc_t* b, int64_t n) {
   }
   for (int64_t l = 0; i < n; ++i, ++l) lanes[l] += a[i] * b[i];
   return (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
+}
+
+// One (b, c) row of the backward: drow[h] = sum_k g[k] d[k, h], and dd[k, h] += g[k] row[h]. The restrict
+// qualifiers tell the compiler the rows do not overlap, so it vectorises without runtime alias checks.
+template <typename acc_t>
+inline void backward_row(const acc_t* __restrict row, const acc_t* __restrict g, const acc_t* __restrict d,
+                         acc_t* __restrict dd, acc_t* __restrict drow, int64_t H, int64_t K) {
+  for (int64_t h = 0; h < H; ++h) drow[h] = acc_t(0);
+  for (int64_t k = 0; k < K; ++k) {
+    const acc_t gk = g[k];
+    const acc_t* dk = d + k * H;
+    acc_t* ddk = dd + k * H;
+    for (int64_t h = 0; h < H; ++h) {
+      drow[h] += gk * dk[h];
+      ddk[h] += gk * row[h];
+    }
+  }
 }
 
 void check_F_delta(const at::Tensor& F, const at::Tensor& delta) {
@@ -101,24 +119,22 @@ std::tuple<at::Tensor, at::Tensor> vertical_proj_backward_cpu(const at::Tensor& 
       std::vector<acc_t> row(H), drow(H);
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t c0 = tile * kChannelTile, c1 = std::min(C, c0 + kChannelTile);
-        for (int64_t c = c0; c < c1; ++c) {
-          const acc_t* d = dp + c * K * H;
-          acc_t* dd = ddp + c * K * H;
-          for (int64_t i = 0; i < K * H; ++i) dd[i] = acc_t(0);
-          for (int64_t b = 0; b < B; ++b) {
+        for (int64_t i = c0 * K * H; i < c1 * K * H; ++i) ddp[i] = acc_t(0);
+        // b outermost: each step reads one contiguous block F[b, c0:c1, :] (no page-sized jumps per channel)
+        // while the tile's ddelta stays in cache; each channel still sums over b in increasing order.
+        for (int64_t b = 0; b < B; ++b) {
+          for (int64_t c = c0; c < c1; ++c) {
+            const acc_t* d = dp + c * K * H;
+            acc_t* dd = ddp + c * K * H;
             const scalar_t* src = Fp + (b * C + c) * H;
-            for (int64_t h = 0; h < H; ++h) row[h] = static_cast<acc_t>(src[h]);
-            const acc_t* g = gp + (b * C + c) * K;
-            for (int64_t h = 0; h < H; ++h) drow[h] = acc_t(0);
-            for (int64_t k = 0; k < K; ++k) {
-              const acc_t gk = g[k];
-              const acc_t* dk = d + k * H;
-              acc_t* ddk = dd + k * H;
-              for (int64_t h = 0; h < H; ++h) {
-                drow[h] += gk * dk[h];
-                ddk[h] += gk * row[h];
-              }
+            const acc_t* r = nullptr;
+            if constexpr (std::is_same_v<scalar_t, acc_t>) {
+              r = reinterpret_cast<const acc_t*>(src);
+            } else {
+              for (int64_t h = 0; h < H; ++h) row[h] = static_cast<acc_t>(src[h]);
+              r = row.data();
             }
+            backward_row(r, gp + (b * C + c) * K, d, dd, drow.data(), H, K);
             store_row(drow.data(), H, dFp + (b * C + c) * H);
           }
         }

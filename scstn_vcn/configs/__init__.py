@@ -33,6 +33,7 @@ DEFAULTS = {
         "num_identities": 16,  # P
         "num_instances": 6,  # K
         "workers": 4,
+        "kwargs": {},  # extra keyword arguments of the data set class, e.g. MSMT17's combine_trainval
     },
     "loss": {"alpha": 0.5, "beta": 0.5, "gamma": 1.0e-7, "use_rll": True, "kwargs": {}},
     "optim": {
@@ -175,13 +176,19 @@ def load_config(name_or_path=None, overrides=()):
     config = copy.deepcopy(DEFAULTS)
     if name_or_path:
         config = merge(config, read_preset(resolve_preset(name_or_path)))
+    apply_overrides(config, overrides)
+    validate(config)
+    return config
+
+
+def apply_overrides(config, overrides):
+    """Apply "section.key=value" strings or (parts, value) pairs to `config` in place; returns it."""
     for item in overrides:
         if isinstance(item, str):
             parts, value = parse_override(item)
             apply_override(config, parts, value, text=item)
         else:
             apply_override(config, *item)
-    validate(config)
     return config
 
 

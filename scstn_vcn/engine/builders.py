@@ -69,4 +69,4 @@ def build_dataset_from_config(config):
         raise ValueError(f"data.root is not set: pass --data-root with the {config['data']['name']} folder")
     if not os.path.isdir(root):
         raise FileNotFoundError(f"--data-root {root}: no such folder (expected the {config['data']['name']} data set)")
-    return build_dataset(config["data"]["name"], root)
+    return build_dataset(config["data"]["name"], root, **(config["data"].get("kwargs") or {}))

@@ -58,16 +58,9 @@ def train(args):
 
 
 def _config_from_checkpoint(state, overrides):
-    from scstn_vcn.configs import DEFAULTS, apply_override, merge, parse_override, validate
+    from scstn_vcn.configs import DEFAULTS, apply_overrides, merge, validate
 
-    config = merge(DEFAULTS, state["config"])
-    for item in overrides:
-        if isinstance(item, str):
-            parts, value = parse_override(item)
-            apply_override(config, parts, value, text=item)
-        else:
-            apply_override(config, *item)
-    return validate(config)
+    return validate(apply_overrides(merge(DEFAULTS, state["config"]), overrides))
 
 
 def load_model_for_inference(args, need_data=True):

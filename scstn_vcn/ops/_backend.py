@@ -109,6 +109,13 @@ def load_native():
 
 
 def _native_status(device_type):
+    # What the extension registered cannot change once it is loaded: look it up once per device type.
+    if device_type not in _native_cache:
+        _native_cache[device_type] = _native_status_uncached(device_type)
+    return _native_cache[device_type]
+
+
+def _native_status_uncached(device_type):
     ok, why = load_native()
     if not ok:
         return ok, why

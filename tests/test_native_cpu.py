@@ -1,0 +1,220 @@
+"""The native CPU kernels (csrc/cpu/): that they are what runs, fp64 gradients against finite differences,
+bitwise-deterministic backward passes (also across thread counts), layout independence, and input errors
+raised from C++ that name the argument. The random-case comparison against eager lives in test_op_*.py."""
+
+import pytest
+import torch
+
+from scstn_vcn import ops
+
+pytestmark = pytest.mark.skipif(
+    not ops.backend_status("native", "cpu")[0], reason=f"native CPU backend: {ops.backend_status('native', 'cpu')[1]}"
+)
+
+OPS = (
+    "channel_pool",
+    "channel_pool_backward",
+    "affine_hpool",
+    "affine_hpool_backward",
+    "vertical_proj",
+    "vertical_proj_backward",
+)
+
+
+def native():
+    ops.load_native()
+    return torch.ops.scstn_vcn
+
+
+def make_theta(batch, kind, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.rand(*shape, generator=gen, dtype=dtype) * 2 - 1  # noqa: E731
+    theta = torch.zeros(batch, 2, 3, dtype=dtype)
+    theta[:, 0, 0] = 1 + 0.3 * rand(batch)
+    theta[:, 1, 1] = 1 + 0.3 * rand(batch)
+    theta[:, :, 2] = 0.3 * rand(batch, 2)
+    if kind == "rotation":
+        theta[:, 0, 1] = 0.4 * rand(batch)
+        theta[:, 1, 0] = 0.4 * rand(batch)
+    elif kind == "outside":  # a good part of every map sampled outside (zeros)
+        theta[:, :, 2] += 0.9
+    elif kind != "norot":
+        raise ValueError(kind)
+    return theta
+
+
+# --- the native kernels are what runs ---
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_dispatcher_has_a_cpu_kernel(op):
+    native()
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"scstn_vcn::{op}", "CPU")
+
+
+def test_profiler_shows_the_fused_kernel_and_no_grid_sample():
+    x = torch.randn(2, 5, 6, 4, requires_grad=True)
+    theta = make_theta(2, "norot", torch.float32).requires_grad_()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        ops.affine_hpool(x, theta, backend="native").sum().backward()
+    names = {event.name for event in prof.events()}
+    assert "scstn_vcn::affine_hpool" in names
+    assert "scstn_vcn::affine_hpool_backward" in names
+    assert not any("grid_sampler" in name or "affine_grid" in name for name in names), sorted(names)
+
+
+# --- fp64 gradients through the public ops ---
+
+
+@pytest.mark.parametrize("kind", ["norot", "rotation", "outside"])
+def test_affine_hpool_gradcheck(kind):
+    gen = torch.Generator().manual_seed(1)
+    # offset so that no row's maximum is one of the exact zeros an outside sample reads (a tie there
+    # has no derivative for finite differences to find)
+    x = (torch.randn(2, 3, 7, 5, generator=gen, dtype=torch.float64) + 4).requires_grad_()
+    theta = make_theta(2, kind).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, t: ops.affine_hpool(a, t, backend="native"), (x, theta))
+
+
+def test_affine_hpool_fully_outside_row_gives_zero_output_and_gradient():
+    x = torch.randn(1, 2, 4, 3, dtype=torch.float64, requires_grad=True)
+    theta = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 5.0]]], dtype=torch.float64, requires_grad=True)
+    out = ops.affine_hpool(x, theta, backend="native")
+    out.sum().backward()
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    assert torch.equal(theta.grad, torch.zeros_like(theta))
+
+
+def test_channel_pool_gradcheck():
+    x = torch.randn(2, 5, 3, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: ops.channel_pool(a, backend="native"), (x,))
+
+
+def test_vertical_proj_gradcheck():
+    F = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    delta = torch.randn(5, 4, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f, d: ops.vertical_proj(f, d, backend="native"), (F, delta))
+
+
+def test_ties_send_the_max_gradient_to_the_first_element():
+    x = torch.zeros(1, 1, 2, 3, dtype=torch.float64)
+    x[0, 0, 0, 1] = x[0, 0, 1, 2] = 2.0  # two equal maxima; the first in row-major order is (0, 1)
+    _, _, argmax = native().channel_pool(x)
+    assert argmax.item() == 1
+    grad = native().channel_pool_backward(torch.zeros(1, 2, 3, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64), argmax, x)
+    assert grad[0, 0, 0, 1].item() == pytest.approx(1 + 1 / 6) and grad[0, 0, 1, 2].item() == pytest.approx(1 / 6)
+
+    # H * W = 40: the vectorised scan, with equal maxima in different lanes and in the scalar tail
+    for first, later in ((11, 3 + 8 * 4), (6, 9), (2, 38), (33, 39)):
+        x = torch.randn(1, 1, 5, 8, dtype=torch.float64)
+        x.view(-1)[first] = x.view(-1)[later] = 10.0
+        assert native().channel_pool(x)[2].item() == first
+
+    rows = torch.tensor([[[[1.0, 3.0, 3.0, 0.0]]]])  # identity theta: the resampled row is the row itself
+    identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    _, argmax = native().affine_hpool(rows, identity)
+    assert argmax.item() == 1
+
+
+# --- determinism ---
+
+
+def _grads(fn, inputs, upstream_seed=3):
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    out = out if isinstance(out, tuple) else (out,)
+    gen = torch.Generator().manual_seed(upstream_seed)
+    torch.autograd.backward(out, [torch.randn(o.shape, generator=gen).to(o.dtype) for o in out])
+    return [leaf.grad for leaf in leaves]
+
+
+def _cases():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 75, 9, 6, generator=gen)  # C = 75: several channel tiles and a partial lane group
+    yield "channel_pool", (lambda a: ops.channel_pool(a, backend="native")), (x,)
+    for kind in ("norot", "rotation"):
+        theta = make_theta(3, kind, torch.float32, seed=7)
+        yield f"affine_hpool-{kind}", (lambda a, t: ops.affine_hpool(a, t, backend="native")), (x, theta)
+    F = torch.randn(5, 75, 9, generator=gen)
+    delta = torch.randn(75, 6, 9, generator=gen)
+    yield "vertical_proj", (lambda f, d: ops.vertical_proj(f, d, backend="native")), (F, delta)
+
+
+@pytest.mark.parametrize("name", ["channel_pool", "affine_hpool-norot", "affine_hpool-rotation", "vertical_proj"])
+def test_backward_is_bitwise_deterministic_across_runs_and_thread_counts(name):
+    fn, inputs = next((f, i) for n, f, i in _cases() if n == name)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first = _grads(fn, inputs)
+        second = _grads(fn, inputs)
+        torch.set_num_threads(1)
+        single = _grads(fn, inputs)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(first, second, single):
+        assert torch.equal(a, b)
+        assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("kind", ["norot", "rotation"])
+def test_layouts_give_bitwise_equal_results(kind):
+    """The kernels read x through its strides (no copy): every layout must see the same values."""
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 19, 5, 7, generator=gen)
+    theta = make_theta(2, kind, torch.float32, seed=2)
+    layouts = {
+        "contiguous": x,
+        "channels_last": x.contiguous(memory_format=torch.channels_last),
+        "transposed": x.transpose(2, 3).contiguous().transpose(2, 3),
+        "sliced": torch.stack([x, torch.zeros_like(x)], dim=2).flatten(1, 2)[:, ::2],  # channel stride 2HW
+    }
+    results = {}
+    for name, tensor in layouts.items():
+        assert name == "contiguous" or not tensor.is_contiguous()
+        grads = _grads(lambda a, t: ops.affine_hpool(a, t, backend="native"), (tensor, theta))
+        pooled = _grads(lambda a: ops.channel_pool(a, backend="native"), (tensor,))
+        results[name] = grads + pooled
+    for name, values in results.items():
+        for a, b in zip(values, results["contiguous"]):
+            assert torch.equal(a, b), name
+
+
+# --- errors from C++ name the argument ---
+
+
+def _error(call):
+    with pytest.raises(RuntimeError) as info:
+        call()
+    return str(info.value)
+
+
+def test_direct_calls_with_bad_inputs_name_the_argument():
+    N = native()
+    x = torch.randn(2, 3, 4, 5)
+    theta = make_theta(2, "norot", torch.float32)
+    assert "x must be 4-D" in _error(lambda: N.channel_pool(x[0]))
+    assert "x must be float16, bfloat16, float32 or float64" in _error(lambda: N.channel_pool(x.to(torch.int32)))
+    assert "x must be 4-D" in _error(lambda: N.affine_hpool(x[0], theta))
+    assert "theta must have shape" in _error(lambda: N.affine_hpool(x, theta[:, :, :2].contiguous()))
+    assert "theta must have shape" in _error(lambda: N.affine_hpool(x, theta[:1]))
+    assert "theta must be 3-D" in _error(lambda: N.affine_hpool(x, theta.flatten(1)))
+    assert "theta must be Float" in _error(lambda: N.affine_hpool(x, theta.double()))
+    assert "theta must be Double" in _error(lambda: N.affine_hpool(x.double(), theta))
+
+    out, argmax = N.affine_hpool(x, theta)
+    assert "argmax must be Int" in _error(lambda: N.affine_hpool_backward(out, x, theta, argmax.long()))
+    assert "grad_out must have shape" in _error(lambda: N.affine_hpool_backward(out[:, :2], x, theta, argmax))
+    assert "argmax must hold" in _error(lambda: N.affine_hpool_backward(out, x, theta, argmax + 5))
+
+    cmean, gpool, cargmax = N.channel_pool(x)
+    assert "grad_gpool must have shape" in _error(lambda: N.channel_pool_backward(cmean, gpool[:1], cargmax, x))
+    assert "argmax must hold" in _error(lambda: N.channel_pool_backward(cmean, gpool, cargmax * 0 - 1, x))
+
+    F = torch.randn(2, 3, 4)
+    delta = torch.randn(3, 6, 4)
+    assert "F must be 3-D" in _error(lambda: N.vertical_proj(F[0], delta))
+    assert "delta must have shape (C, K, H)" in _error(lambda: N.vertical_proj(F, delta[:, :, :3]))
+    assert "delta must be Float" in _error(lambda: N.vertical_proj(F, delta.double()))
+    assert "grad_f must be float16" in _error(lambda: N.vertical_proj_backward(torch.ones(2, 3, 6, dtype=torch.int64), F, delta))
