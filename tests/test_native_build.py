@@ -15,14 +15,9 @@ import struct
 import pytest
 import torch
 
-OPS = (
-    "channel_pool",
-    "channel_pool_backward",
-    "affine_hpool",
-    "affine_hpool_backward",
-    "vertical_proj",
-    "vertical_proj_backward",
-)
+from scstn_vcn.ops._wiring import SCHEMAS
+
+OPS = tuple(SCHEMAS)  # the six registered ops, forward and backward
 DEFAULT_ARCHS = "8.0;9.0+PTX"  # setup.py's default TORCH_CUDA_ARCH_LIST
 
 FATBIN_MAGIC = 0xBA55ED50

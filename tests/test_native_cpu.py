@@ -6,19 +6,13 @@ import pytest
 import torch
 
 from scstn_vcn import ops
+from scstn_vcn.ops._wiring import SCHEMAS
 
 pytestmark = pytest.mark.skipif(
     not ops.backend_status("native", "cpu")[0], reason=f"native CPU backend: {ops.backend_status('native', 'cpu')[1]}"
 )
 
-OPS = (
-    "channel_pool",
-    "channel_pool_backward",
-    "affine_hpool",
-    "affine_hpool_backward",
-    "vertical_proj",
-    "vertical_proj_backward",
-)
+OPS = tuple(SCHEMAS)  # the six registered ops, forward and backward
 
 
 def native():

@@ -271,7 +271,7 @@ def test_cuda_backward_is_bitwise_deterministic(op, shape):
 # --- the compiled path, without a GPU --------------------------------------------------------------
 
 
-def test_kernels_compile_for_sm90_ahead_of_time():
+def test_kernels_compile_for_sm90_ahead_of_time(tmp_path):
     """Every kernel goes through Triton's full compiler (LLVM, ptxas) for sm_90 at the paper shape (O)'s
     block sizes, in a subprocess without the interpreter: on a CPU-only machine the tests above only reach
     the interpreter, which accepts some programs that the compiler rejects."""
@@ -284,6 +284,7 @@ def test_kernels_compile_for_sm90_ahead_of_time():
     done = subprocess.run(
         [sys.executable, "-m", "scstn_vcn.kernels._aot_check", "--dtype", "float32", "bfloat16", "--shape", "O"],
         capture_output=True, text=True, env=env, timeout=300,
+        cwd=tmp_path,  # not the repository root, whose source scstn_vcn/ would shadow the installed package
     )
     assert done.returncode == 0, done.stderr[-3000:]
     compiled = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("_")]
