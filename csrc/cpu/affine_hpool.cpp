@@ -137,6 +137,26 @@ struct GeneralTables {
   }
 };
 
+// The sampling tables of the batch element being processed: separable ones for a rotation-free theta,
+// general ones otherwise, rebuilt only when the work items move to another batch element.
+template <typename acc_t>
+struct BatchTables {
+  SeparableTables<acc_t> sep;
+  GeneralTables<acc_t> gen;
+  int64_t of = -1;
+  bool separable = false;
+
+  // Makes the tables those of batch element b with theta t; true when they had to be rebuilt.
+  bool prepare(int64_t b, const acc_t* t, int64_t H, int64_t W) {
+    if (of == b) return false;
+    separable = rotation_free(t);
+    if (separable) sep.build(t, H, W);
+    else gen.build(t, H, W);
+    of = b;
+    return true;
+  }
+};
+
 // Six partial sums of dtheta from per-sample dL/dix (gx) and dL/diy (gy) of one tile.
 template <typename acc_t>
 inline void theta_partial(const acc_t* gx, const acc_t* gy, int64_t H, int64_t W, double* out) {
@@ -294,18 +314,14 @@ std::tuple<at::Tensor, at::Tensor> affine_hpool_cpu(const at::Tensor& x, const a
 
     at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> plane(H * W), row(W), group(H * W * kLanes), blend(W * kLanes);
-      SeparableTables<acc_t> sep;
-      GeneralTables<acc_t> gen;
-      int64_t tables_of = -1;
+      BatchTables<acc_t> tables;
+      const auto& sep = tables.sep;
+      const auto& gen = tables.gen;
       for (int64_t item = begin; item < end; ++item) {
         const int64_t b = item / tiles, tile = item % tiles;
         const acc_t* t = tp + 6 * b;
-        const bool separable = rotation_free(t);
-        if (tables_of != b) {
-          if (separable) sep.build(t, H, W);
-          else gen.build(t, H, W);
-          tables_of = b;
-        }
+        tables.prepare(b, t, H, W);
+        const bool separable = tables.separable;
         const int64_t c0 = tile * kChannelTile, c1 = std::min(C, c0 + kChannelTile);
         if (separable) {
           for (int64_t g0 = c0; g0 < c1; g0 += kLanes) {
@@ -381,26 +397,21 @@ std::tuple<at::Tensor, at::Tensor> affine_hpool_backward_cpu(const at::Tensor& g
       // Per-tile sums over channels: sum_c g t(h, :) and sum_c g d(h, :) (separable path), and the
       // per-sample dL/dix, dL/diy of the max term (separable) or of everything (general).
       std::vector<acc_t> sum_t(S), sum_d(S), lane_t(S * kLanes), lane_d(S * kLanes), gx(S), gy(S);
-      SeparableTables<acc_t> sep;
-      GeneralTables<acc_t> gen;
-      int64_t tables_of = -1;
+      BatchTables<acc_t> tables;
+      const auto& sep = tables.sep;
+      const auto& gen = tables.gen;
       for (int64_t item = begin; item < end; ++item) {
         const int64_t b = item / tiles, tile = item % tiles;
         const acc_t* t = tp + 6 * b;
-        const bool separable = rotation_free(t);
-        if (tables_of != b) {
-          if (separable) {
-            sep.build(t, H, W);
-            // column weights summed per source column: the mean's share of dblend for a unit gradient
-            for (int64_t j = 0; j < W; ++j) colsum[j] = acc_t(0);
-            for (int64_t w = 0; w < W; ++w) {
-              colsum[sep.cols[w].i0] += sep.cols[w].w0;
-              colsum[sep.cols[w].i1] += sep.cols[w].w1;
-            }
-          } else {
-            gen.build(t, H, W);
+        const bool rebuilt = tables.prepare(b, t, H, W);
+        const bool separable = tables.separable;
+        if (rebuilt && separable) {
+          // column weights summed per source column: the mean's share of dblend for a unit gradient
+          for (int64_t j = 0; j < W; ++j) colsum[j] = acc_t(0);
+          for (int64_t w = 0; w < W; ++w) {
+            colsum[sep.cols[w].i0] += sep.cols[w].w0;
+            colsum[sep.cols[w].i1] += sep.cols[w].w1;
           }
-          tables_of = b;
         }
         std::fill(lane_t.begin(), lane_t.end(), acc_t(0));
         std::fill(lane_d.begin(), lane_d.end(), acc_t(0));
