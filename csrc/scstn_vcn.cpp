@@ -45,6 +45,10 @@ TORCH_LIBRARY(scstn_vcn, m) {
   m.def("affine_hpool(Tensor x, Tensor theta) -> (Tensor, Tensor)");
   // -> (grad_x (B,C,H,W) contiguous in x.dtype, grad_theta (B,2,3) contiguous in theta.dtype)
   m.def("affine_hpool_backward(Tensor grad_out, Tensor x, Tensor theta, Tensor argmax) -> (Tensor, Tensor)");
+  // The same for a rotation-free theta: theta[:,0,1] and theta[:,1,0] are taken as 0 (not read), so
+  // the sampling factorises into a row and a column interpolation; their gradient is 0.
+  m.def("affine_hpool_separable(Tensor x, Tensor theta) -> (Tensor, Tensor)");
+  m.def("affine_hpool_separable_backward(Tensor grad_out, Tensor x, Tensor theta, Tensor argmax) -> (Tensor, Tensor)");
 
   // F (B,C,H), delta (C,K,H) -> f (B,C,K) = sum_h F[b,c,h] * delta[c,k,h], in F.dtype.
   m.def("vertical_proj(Tensor F, Tensor delta) -> Tensor");

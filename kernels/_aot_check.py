@@ -3,7 +3,8 @@
 Triton ships ptxas, so the full compiled path (Triton IR -> LLVM -> PTX -> cubin) can be checked on a
 machine without a GPU, where the tests otherwise only reach the interpreter. This catches what the
 interpreter does not (type promotion, dynamic loop bounds, constexpr handling) and reports the register
-and stack (spill) use of each kernel at the block sizes the launchers pick for the paper shapes.
+and stack (spill) use of each kernel at the block sizes the launchers pick for the paper shapes, for
+every dtype (float32, bfloat16, float16, float64 by default); it fails when a kernel spills.
 
     TRITON_INTERPRET=0 python -m scstn_vcn.kernels._aot_check [--arch 90] [--dtype float32 ...]
 
@@ -20,6 +21,7 @@ import triton
 import triton.language as tl
 
 from scstn_vcn.kernels import affine_hpool as AH
+from scstn_vcn.kernels import affine_hpool_separable as AS
 from scstn_vcn.kernels import channel_pool as CP
 from scstn_vcn.kernels import vertical_proj as VP
 from scstn_vcn.kernels._common import num_warps_for
@@ -30,21 +32,23 @@ _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
 
 
 def _jobs(dtype, shape):
-    """(kernel, argument types, constexprs, num_warps) for every kernel the launchers run on `shape`."""
+    """(kernel, argument types, constexprs, num_warps) for every kernel the launchers run on `shape`,
+    with the block sizes the launchers pick for `dtype`."""
     C, H, W = shape
     HW = H * W
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     P, A, ACC = _PTR[dtype], _PTR[compute], (tl.float64 if dtype == torch.float64 else tl.float32)
     i32 = "i32"
     jobs = []
-    bc, bp = CP._forward_blocks(C, HW)
+    bc, bp = CP._forward_blocks(C, HW, dtype)
     jobs.append((CP._channel_pool_fwd_kernel,
                  dict(x_ptr=P, partial_ptr=A, gpool_ptr=P, argmax_ptr="*i32", C=i32, HW=i32, W=i32, n_cblocks=i32,
                       s_b=i32, s_c=i32, s_h=i32, s_w=i32), dict(ACC=ACC, BLOCK_C=bc, BLOCK_P=bp), num_warps_for(bc * bp)))
     jobs.append((CP._channel_mean_reduce_kernel, dict(partial_ptr=A, cmean_ptr=P, C=i32, HW=i32, n_cblocks=i32),
                  dict(ACC=ACC, BLOCK_P=CP._reduce_block(HW)), 4))
     bc, bp = CP._backward_blocks(C, HW)
-    jobs.append((CP._channel_pool_bwd_kernel, dict(gm_ptr=P, gp_ptr=P, argmax_ptr="*i32", dx_ptr=P, C=i32, HW=i32),
+    jobs.append((CP._channel_pool_bwd_kernel,
+                 dict(gm_ptr=P, gp_ptr=P, argmax_ptr="*i32", dx_ptr=P, C=i32, HW=i32, n_pblocks=i32),
                  dict(ACC=ACC, BLOCK_C=bc, BLOCK_P=bp), num_warps_for(bc * bp)))
     br, bw = AH._row_blocks(C, H, W)
     geo = dict(C=i32, H=i32, W=i32, s_b=i32, s_c=i32, s_h=i32, s_w=i32)
@@ -54,18 +58,39 @@ def _jobs(dtype, shape):
                  dict(x_ptr=P, theta_ptr=A, g_ptr=P, argmax_ptr="*i32", partial_ptr=A, n_rblocks=i32, **geo),
                  dict(ACC=ACC, BLOCK_R=br, BLOCK_W=bw), num_warps_for(br * bw)))
     jobs.append((AH._dtheta_reduce_kernel, dict(partial_ptr=A, dtheta_ptr=A, n_rblocks=i32), dict(ACC=ACC), 1))
+    be, bp = AH._index_blocks(HW)
+    jobs.append((AH._inverse_index_kernel,
+                 dict(theta_ptr=A, start_ptr="*i32", sample_ptr="*i32", weight_ptr=A, cursor_ptr="*i32", H=i32, W=i32),
+                 dict(ACC=ACC, BLOCK_E=be, BLOCK_P=bp), num_warps_for(be * be)))
     bc, bp = AH._dx_blocks(C, HW)
     jobs.append((AH._affine_hpool_dx_kernel,
-                 dict(g_ptr=P, argmax_ptr="*i32", start_ptr="*i64", sample_ptr="*i32", weight_ptr=A, dx_ptr=P,
-                      C=i32, H=i32, W=i32, n_entries=i32), dict(ACC=ACC, BLOCK_C=bc, BLOCK_P=bp), num_warps_for(bc * bp)))
+                 dict(g_ptr=P, argmax_ptr="*i32", start_ptr="*i32", sample_ptr="*i32", weight_ptr=A, dx_ptr=P,
+                      C=i32, H=i32, W=i32, n_entries=i32, n_pblocks=i32),
+                 dict(ACC=ACC, BLOCK_C=bc, BLOCK_P=bp), num_warps_for(bc * bp)))
+    br, bw = AS._row_blocks(C, H, W)
+    jobs.append((AS._separable_fwd_kernel, dict(x_ptr=P, theta_ptr=A, out_ptr=P, argmax_ptr="*i32", **geo),
+                 dict(ACC=ACC, BLOCK_R=br, BLOCK_W=bw), num_warps_for(br * bw)))
+    br, bx, bw = AS._dtheta_blocks(C, H, W)
+    jobs.append((AS._separable_dtheta_kernel,
+                 dict(x_ptr=P, theta_ptr=A, g_ptr=P, argmax_ptr="*i32", partial_ptr=A, n_rblocks=i32, **geo),
+                 dict(ACC=ACC, BLOCK_R=br, BLOCK_X=bx, BLOCK_W=bw), num_warps_for(br * bx)))
+    jobs.append((AS._separable_dtheta_reduce_kernel, dict(partial_ptr=A, dtheta_ptr=A, n_rblocks=i32, H=i32, W=i32),
+                 dict(ACC=ACC, BLOCK_J=AS.REDUCE_BLOCK), 4))
+    bc, bx, bh, bw = AS._dx_blocks(C, H, W, dtype)
+    jobs.append((AS._separable_dx_kernel, dict(theta_ptr=A, g_ptr=P, argmax_ptr="*i32", dx_ptr=P, C=i32, H=i32, W=i32),
+                 dict(ACC=ACC, BLOCK_C=bc, BLOCK_X=bx, BLOCK_H=bh, BLOCK_W=bw), num_warps_for(bc * bx)))
     bc, bk, bh = VP._blocks(C, K_KERNELS, H)
     vp = dict(C=i32, K=i32, H=i32)
     consts = dict(ACC=ACC, BLOCK_C=bc, BLOCK_K=bk, BLOCK_H=bh)
     jobs.append((VP._vertical_proj_fwd_kernel, dict(F_ptr=P, delta_ptr=A, f_ptr=P, **vp), consts, num_warps_for(bc * bk * bh)))
-    jobs.append((VP._vertical_proj_dF_kernel, dict(g_ptr=P, delta_ptr=A, dF_ptr=P, **vp), consts, num_warps_for(bc * bk * bh)))
-    dbc = min(bc, 8)
-    jobs.append((VP._vertical_proj_ddelta_kernel, dict(g_ptr=P, F_ptr=P, ddelta_ptr=A, B=i32, **vp),
+    jobs.append((VP._vertical_proj_dF_kernel, dict(g_ptr=P, delta_ptr=A, dF_ptr=P, n_hblocks=i32, **vp), consts,
+                 num_warps_for(bc * bk * bh)))
+    dbc, _, _ = VP._ddelta_blocks(C, K_KERNELS, H)
+    jobs.append((VP._vertical_proj_ddelta_kernel,
+                 dict(g_ptr=P, F_ptr=P, partial_ptr=A, B=i32, n_hblocks=i32, per_split=i32, **vp),
                  dict(consts, BLOCK_C=dbc), num_warps_for(dbc * bk * bh)))
+    jobs.append((VP._ddelta_reduce_kernel, dict(partial_ptr=A, ddelta_ptr=A, n=i32, n_splits=i32),
+                 dict(ACC=ACC, BLOCK=VP._REDUCE_BLOCK), 4))
     return jobs
 
 
@@ -105,13 +130,19 @@ def compile_all(arch=90, dtypes=(torch.float32,), shapes=("O",)):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
-    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float16", "bfloat16", "float32", "float64"])
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16", "float16", "float64"],
+                        choices=["float16", "bfloat16", "float32", "float64"])
     parser.add_argument("--shape", nargs="+", default=["O", "M"], choices=list(PAPER))
     args = parser.parse_args()
     dtypes = [getattr(torch, name) for name in args.dtype]
+    spilled = []
     for name, dtype, shape, consts, warps, res in compile_all(args.arch, dtypes, args.shape):
         usage = "" if res is None else f"REG {res.get('REG')} STACK {res.get('STACK')}"
         print(f"{name:32s} {dtype:15s} {shape} warps={warps} {consts} {usage}")
+        if res is not None and res.get("STACK", "0") != "0":
+            spilled.append(f"{name} {dtype} {shape}")
+    if spilled:  # a spilling tile is a block-size choice to fix in the launcher
+        raise SystemExit("kernels that spill registers to the stack: " + ", ".join(spilled))
 
 
 if __name__ == "__main__":

@@ -30,19 +30,26 @@ Backward design: deterministic, no atomics, correct for ANY theta (rotation and 
     image in a fixed order.
   * dx: a GATHER per input pixel rather than a scatter from samples. The sampling pattern (which input
     pixel each of the 4 H W (sample, neighbour) pairs of an image touches, with which weight) depends
-    on b, h, w only, never on c. So the launcher builds, per image, an inverse index of that pattern with
-    torch ops: the in-map pairs sorted STABLY by target pixel (a CSR list: for pixel p, the pairs
-    start[b,p] .. start[b,p+1]). This inverts the affine map exactly, whatever theta is (a strong zoom-out
-    just gives some pixels long lists). The dx kernel, one program per (image, channel block, pixel
-    block), walks each pixel's list in its sorted order and sums weight * dr, with dr rebuilt from g and
-    argmax; every dx element is written once and summed in a fixed order, so two backward runs are
-    bitwise equal. The index costs O(B H W) work and memory, independent of C (negligible next to x).
-    The rotation-free theta of SC-STN needs no special path: its lists are just short (about 4 entries
-    per pixel at unit scale).
+    on b, h, w only, never on c. So the launcher first builds, per image, an inverse index of that
+    pattern: the pairs sorted STABLY by target pixel (a CSR list: for pixel p, the pairs
+    start[b,p] .. start[b,p+1]; pairs outside the map form a last bucket that dx never reads). This
+    inverts the affine map exactly, whatever theta is (a strong zoom-out just gives some pixels long
+    lists). One program per image builds it in one kernel, a counting sort: count the pairs per pixel
+    (integer atomics: exact, so order-free), an exclusive scan gives start, then the pairs are placed
+    chunk by chunk in pair order, each at its pixel's running cursor plus its rank among the chunk's
+    pairs of the same pixel; so every list is in increasing pair order, as a stable sort leaves it.
+    The dx kernel, one program per (image, channel block, pixel block), walks each pixel's list in
+    that order and sums weight * dr, with dr rebuilt from g and argmax; every dx element is written
+    once and summed in a fixed order, so two backward runs are bitwise equal. The index costs
+    O(B H W) work and memory, independent of C (negligible next to x). The rotation-free theta of
+    SC-STN needs no special path: its lists are just short (about 4 entries per pixel at unit scale).
 
 Coordinates are clamped to [-2, size + 1] before the floor: all four neighbours of a clamped sample stay
 outside the map exactly when they were outside before, and the int32 conversion cannot overflow.
-Low precision inputs are computed in float32, float64 in float64; offsets are int64.
+Low precision inputs are computed in float32, float64 in float64. Row, position and sample indices are
+int32 (C H and H W below 2^31, checked by the launchers); only pointer offsets are widened to int64.
+Blocks of rows or pixels run on grid axis 0 and the batch on axis 1 (axes 1 and 2 are limited to 65,535
+programs); every launch runs on the device of x (device_context).
 NaN inputs: the sums, hence the outputs, are NaN as in eager, but the max ignores NaN, so argmax (and
 the max's gradient) may point at a different element than torch.max, which returns the NaN's index.
 """
@@ -51,25 +58,34 @@ import torch
 import triton
 import triton.language as tl
 
-from scstn_vcn.kernels._common import acc_dtype, num_warps_for, pow2, torch_acc_dtype
+from scstn_vcn.kernels._common import (acc_dtype, checked_grid, device_context, launch_row_pool_forward,
+                                       num_warps_for, pow2, require_int32_index, row_pool_update,
+                                       torch_acc_dtype)
+from scstn_vcn.kernels._common import row_pool_blocks as _row_blocks
 
 
 @triton.jit
-def _sample(theta_ptr, b, u, v, H, W, ACC: tl.constexpr):
-    """Pixel coordinates (ix, iy) of the samples at normalised (u[None, :], v[:, None])."""
+def _position(theta_ptr, b, u, v, H, W, ACC: tl.constexpr):
+    """Pixel coordinates (ix, iy) of the samples at normalised (u, v) (broadcast against each other)."""
     t00 = tl.load(theta_ptr + b * 6 + 0).to(ACC)
     t01 = tl.load(theta_ptr + b * 6 + 1).to(ACC)
     t02 = tl.load(theta_ptr + b * 6 + 2).to(ACC)
     t10 = tl.load(theta_ptr + b * 6 + 3).to(ACC)
     t11 = tl.load(theta_ptr + b * 6 + 4).to(ACC)
     t12 = tl.load(theta_ptr + b * 6 + 5).to(ACC)
-    gx = t00 * u[None, :] + t01 * v[:, None] + t02
-    gy = t10 * u[None, :] + t11 * v[:, None] + t12
+    gx = t00 * u + t01 * v + t02
+    gy = t10 * u + t11 * v + t12
     ix = ((gx + 1) * W - 1) * 0.5
     iy = ((gy + 1) * H - 1) * 0.5
     ix = tl.minimum(tl.maximum(ix, -2.0), W + 1.0)
     iy = tl.minimum(tl.maximum(iy, -2.0), H + 1.0)
     return ix, iy
+
+
+@triton.jit
+def _sample(theta_ptr, b, u, v, H, W, ACC: tl.constexpr):
+    """Pixel coordinates (ix, iy) of the samples at normalised (u[None, :], v[:, None])."""
+    return _position(theta_ptr, b, u[None, :], v[:, None], H, W, ACC)
 
 
 @triton.jit
@@ -104,13 +120,13 @@ def _affine_hpool_fwd_kernel(
     C, H, W, s_b, s_c, s_h, s_w,
     ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    r = tl.program_id(1).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # int32 rows c H + h
+    b = tl.program_id(1).to(tl.int64)
     r_ok = r < C * H
     c = r // H
     h = r - c * H
     v = (2 * h + 1).to(ACC) / H - 1
-    row = (x_ptr + b * s_b + c * s_c)[:, None]
+    row = (x_ptr + b * s_b + c.to(tl.int64) * s_c)[:, None]
     total = tl.zeros([BLOCK_R], dtype=ACC)
     best = tl.full([BLOCK_R], float("-inf"), dtype=ACC)
     best_idx = tl.zeros([BLOCK_R], dtype=tl.int32)
@@ -121,18 +137,11 @@ def _affine_hpool_fwd_kernel(
         ix, iy = _sample(theta_ptr, b, u, v, H, W, ACC)
         v00, v01, v10, v11, tx, ty = _neighbours(x_ptr, row, ix, iy, H, W, s_h, s_w, mask, ACC)
         val = (v00 * (1 - tx) + v01 * tx) * (1 - ty) + (v10 * (1 - tx) + v11 * tx) * ty
-        val = tl.where(mask, val, 0.0)
-        total += tl.sum(val, axis=1)
-        vm = tl.where(mask, val, float("-inf"))
-        chunk_max = tl.max(vm, axis=1)
-        cand = tl.where((vm == chunk_max[:, None]) & mask, w[None, :], 2147483647)
-        chunk_idx = tl.min(cand, axis=1)
-        better = chunk_max > best
-        best_idx = tl.where(better, chunk_idx, best_idx)
-        best = tl.where(better, chunk_max, best)
+        total, best, best_idx = row_pool_update(val, mask, w, total, best, best_idx)
     out = total / W + best
-    tl.store(out_ptr + b * C * H + r, out.to(out_ptr.dtype.element_ty), mask=r_ok)
-    tl.store(argmax_ptr + b * C * H + r, best_idx, mask=r_ok)
+    out_row = b * C * H + r
+    tl.store(out_ptr + out_row, out.to(out_ptr.dtype.element_ty), mask=r_ok)
+    tl.store(argmax_ptr + out_row, best_idx, mask=r_ok)
 
 
 @triton.jit
@@ -141,14 +150,14 @@ def _affine_hpool_dtheta_kernel(
     C, H, W, n_rblocks, s_b, s_c, s_h, s_w,
     ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    rb = tl.program_id(1).to(tl.int64)
-    r = rb * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    rb = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    r = rb * BLOCK_R + tl.arange(0, BLOCK_R)  # int32 rows c H + h
     r_ok = r < C * H
     c = r // H
     h = r - c * H
     v = (2 * h + 1).to(ACC) / H - 1
-    row = (x_ptr + b * s_b + c * s_c)[:, None]
+    row = (x_ptr + b * s_b + c.to(tl.int64) * s_c)[:, None]
     g = tl.load(g_ptr + b * C * H + r, mask=r_ok, other=0.0).to(ACC)
     am = tl.load(argmax_ptr + b * C * H + r, mask=r_ok, other=-1)
     # per-row sums of the six products (v_h is constant along a row, so it multiplies the row sum)
@@ -193,14 +202,97 @@ def _dtheta_reduce_kernel(partial_ptr, dtheta_ptr, n_rblocks, ACC: tl.constexpr)
 
 
 @triton.jit
+def _pairs(theta_ptr, b, e, n_pairs, H, W, ACC: tl.constexpr):
+    """For pair e = 4 s + k (sample s = h W + w, neighbour k in the order 00 01 10 11): its input pixel
+    (H W when outside the map, the last bucket), its sample and its bilinear weight. The position
+    arithmetic is the forward's (_position), so the weights are the ones the forward sampled with."""
+    s = e // 4
+    k = e - s * 4
+    sh = s // W
+    sw = s - sh * W
+    u = (2 * sw + 1).to(ACC) / W - 1
+    v = (2 * sh + 1).to(ACC) / H - 1
+    ix, iy = _position(theta_ptr, b, u, v, H, W, ACC)
+    x0f = tl.floor(ix)
+    y0f = tl.floor(iy)
+    tx = ix - x0f
+    ty = iy - y0f
+    right = (k & 1) == 1
+    lower = k >= 2
+    x = x0f.to(tl.int32) + right.to(tl.int32)
+    y = y0f.to(tl.int32) + lower.to(tl.int32)
+    weight = tl.where(right, tx, 1 - tx) * tl.where(lower, ty, 1 - ty)
+    inside = (x >= 0) & (x < W) & (y >= 0) & (y < H) & (e < n_pairs)
+    key = tl.where(inside, y * W + x, H * W)
+    return key, s, weight
+
+
+@triton.jit
+def _inverse_index_kernel(
+    theta_ptr, start_ptr, sample_ptr, weight_ptr, cursor_ptr, H, W,
+    ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """One program per image: the counting sort of its 4 H W pairs by input pixel (see the module doc).
+    cursor is scratch of H W + 1 int32 per image: first the counts, then each bucket's next free slot.
+    Threads of the program exchange it through global memory, ordered by barriers (loaded with .cg,
+    from L2, where the atomics land)."""
+    b = tl.program_id(0).to(tl.int64)
+    HW = H * W
+    n_pairs = 4 * HW
+    cursor = cursor_ptr + b * (HW + 1)
+    lane_p = tl.arange(0, BLOCK_P)
+    lane_e = tl.arange(0, BLOCK_E)
+    for p0 in range(0, HW + 1, BLOCK_P):
+        tl.store(cursor + p0 + lane_p, tl.zeros([BLOCK_P], dtype=tl.int32), mask=p0 + lane_p <= HW)
+    tl.debug_barrier()
+    # 1. pairs per bucket; integer sums are exact, so the atomics' order does not matter
+    for e0 in range(0, n_pairs, BLOCK_E):
+        e = e0 + lane_e
+        key, _s, _w = _pairs(theta_ptr, b, e, n_pairs, H, W, ACC)
+        tl.atomic_add(cursor + key, tl.full([BLOCK_E], 1, dtype=tl.int32), mask=e < n_pairs)
+    tl.debug_barrier()
+    # 2. exclusive scan: start of every bucket, which is also its first free slot
+    carry = 0
+    for p0 in range(0, HW + 1, BLOCK_P):
+        p = p0 + lane_p
+        p_ok = p <= HW
+        count = tl.load(cursor + p, mask=p_ok, other=0, cache_modifier=".cg")
+        first = carry + tl.cumsum(count, axis=0) - count
+        tl.store(start_ptr + b * (HW + 1) + p, first, mask=p_ok)
+        tl.store(cursor + p, first, mask=p_ok)
+        carry += tl.sum(count, axis=0)
+    tl.debug_barrier()
+    # 3. placement, chunk by chunk in pair order: slot = cursor of the bucket + rank of the pair among
+    #    the chunk's earlier pairs of the same bucket; the chunk's last pair of a bucket (one per
+    #    bucket, so no write conflicts) advances the cursor past the chunk's pairs.
+    for e0 in range(0, n_pairs, BLOCK_E):
+        e = e0 + lane_e
+        e_ok = e < n_pairs
+        key, s, weight = _pairs(theta_ptr, b, e, n_pairs, H, W, ACC)
+        tag = tl.where(e_ok, key, -1 - lane_e)  # lanes past the end match nothing
+        same = (tag[:, None] == tag[None, :]).to(tl.int32)
+        rank = tl.sum(tl.where(lane_e[None, :] < lane_e[:, None], same, 0), axis=1)
+        count = tl.sum(same, axis=1)
+        slot = tl.load(cursor + key, mask=e_ok, other=0, cache_modifier=".cg") + rank
+        tl.debug_barrier()  # every lane has read its cursor before any is advanced
+        tl.store(cursor + key, slot + 1, mask=e_ok & (rank == count - 1))
+        tl.store(sample_ptr + b * n_pairs + slot, s, mask=e_ok)
+        tl.store(weight_ptr + b * n_pairs + slot, weight.to(weight_ptr.dtype.element_ty), mask=e_ok)
+        tl.debug_barrier()  # the advanced cursors are visible to the next chunk
+
+
+@triton.jit
 def _affine_hpool_dx_kernel(
     g_ptr, argmax_ptr, start_ptr, sample_ptr, weight_ptr, dx_ptr,
-    C, H, W, n_entries,
+    C, H, W, n_entries, n_pblocks,
     ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
-    p = tl.program_id(2).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    # axis 0 enumerates (channel block, pixel block) pairs, pixel blocks fastest
+    cb = tl.program_id(0) // n_pblocks
+    pb = tl.program_id(0) - cb * n_pblocks
+    b = tl.program_id(1).to(tl.int64)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     HW = H * W
     c_ok = c < C
     p_ok = p < HW
@@ -208,8 +300,9 @@ def _affine_hpool_dx_kernel(
     last = tl.load(start_ptr + b * (HW + 1) + p + 1, mask=p_ok, other=0)
     count = last - first
     longest = tl.max(count, axis=0)
-    g_rows = g_ptr + (b * C + c) * H
-    a_rows = argmax_ptr + (b * C + c) * H
+    plane = b * C + c  # int64
+    g_rows = g_ptr + plane * H
+    a_rows = argmax_ptr + plane * H
     acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
     for e in range(0, longest):
         has = (e < count) & p_ok
@@ -223,97 +316,98 @@ def _affine_hpool_dx_kernel(
         av = tl.load(a_rows[:, None] + sh[None, :], mask=m, other=-1)
         dr = gv / W + tl.where(av == sw[None, :], gv, 0.0)
         acc += tl.where(m, dr * wt[None, :], 0.0)
-    out = dx_ptr + (b * C + c)[:, None] * HW + p[None, :]
+    out = dx_ptr + plane[:, None] * HW + p[None, :]
     tl.store(out, acc.to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
 
 
-def _row_blocks(C, H, W):
-    # Paper shapes: W = 8 or 16, C H = 49152 or 98304 rows; 1024-sample tiles at 8 warps (4 samples,
-    # 16 gathers a thread in flight) compile to 80 (forward) and 128 (dtheta) registers without spills
-    # on sm_90, where 2048-sample tiles at 4 warps spilled; B * 384..1536 programs at B = 96.
-    block_w = pow2(W, lo=2, hi=32)
-    block_r = pow2(C * H, lo=1, hi=max(1, 1024 // block_w))
-    return block_r, block_w
-
-
 def _dx_blocks(C, HW):
-    # 2048-value tiles of 128 pixels x 16 channels: 126 registers at 8 warps on sm_90, no spills; the
-    # pixel lists (start, sample, weight) are loaded once per tile and reused by its 16 channels.
+    # 2048-value tiles of 128 pixels x 16 channels: 126 registers at 8 warps on sm_90 (162 in float64),
+    # no spills; the pixel lists (start, sample, weight) are loaded once per tile and reused by its 16
+    # channels.
     block_p = pow2(HW, lo=16, hi=128)
     block_c = pow2(C, lo=1, hi=max(1, 2048 // block_p))
     return block_c, block_p
 
 
+def _index_blocks(HW):
+    # 128 pairs a chunk: the rank matrix is 128 x 128 (64 values a thread at 8 warps); (M) sorts its
+    # 3072 pairs in 24 chunks.
+    return pow2(4 * HW, lo=16, hi=128), pow2(HW + 1, lo=16, hi=1024)
+
+
+def forward_grid(B, C, H, W):
+    block_r, _ = _row_blocks(C, H, W)
+    return checked_grid((triton.cdiv(C * H, block_r), B), "affine_hpool forward")
+
+
+def backward_grids(B, C, H, W):
+    """Grids of the backward's kernels: dtheta partials, dtheta reduction, inverse index, dx."""
+    block_r, _ = _row_blocks(C, H, W)
+    block_c, block_p = _dx_blocks(C, H * W)
+    return (checked_grid((triton.cdiv(C * H, block_r), B), "affine_hpool backward (dtheta)"),
+            checked_grid((B,), "affine_hpool backward (dtheta reduction)"),
+            checked_grid((B,), "affine_hpool backward (inverse index)"),
+            checked_grid((triton.cdiv(C, block_c) * triton.cdiv(H * W, block_p), B), "affine_hpool backward (dx)"))
+
+
+def _check_indices(C, H, W):
+    require_int32_index(C * H, 1024, "affine_hpool: C * H (rows of x)")
+    require_int32_index(4 * H * W, 1024, "affine_hpool: 4 * H * W (sample-neighbour pairs of an image)")
+
+
 def affine_hpool_forward(x, theta):
     B, C, H, W = x.shape
-    theta = theta.contiguous()
-    out = torch.empty((B, C, H), device=x.device, dtype=x.dtype)
-    argmax = torch.empty((B, C, H), device=x.device, dtype=torch.int32)
-    block_r, block_w = _row_blocks(C, H, W)
-    _affine_hpool_fwd_kernel[(B, triton.cdiv(C * H, block_r))](
-        x, theta, out, argmax, C, H, W, *x.stride(),
-        ACC=acc_dtype(x.dtype), BLOCK_R=block_r, BLOCK_W=block_w,
-        num_warps=num_warps_for(block_r * block_w),
-    )
-    return out, argmax
+    _check_indices(C, H, W)
+    with device_context(x):
+        return launch_row_pool_forward(_affine_hpool_fwd_kernel, x, theta, forward_grid(B, C, H, W))
 
 
-def _inverse_index(theta, H, W):
-    """Per image, the (sample, neighbour) pairs that land inside the map, sorted stably by the input
-    pixel they touch: start (B, HW + 1) int64 offsets, sample (B, 4 HW) int32 = h W + w, weight (B, 4 HW).
-    Same arithmetic as the kernels' _sample / _neighbours, in theta's dtype."""
+def inverse_index(theta, H, W):
+    """Per image, the (sample, neighbour) pairs sorted stably by the input pixel they touch (pairs
+    outside the map last): start (B, HW + 1) int32 offsets, sample (B, 4 HW) int32 = h W + w, weight
+    (B, 4 HW) in theta's dtype. theta must be contiguous, in the compute dtype; one kernel launch."""
     B = theta.shape[0]
-    dev, dt = theta.device, theta.dtype
-    u = (2 * torch.arange(W, device=dev, dtype=dt) + 1) / W - 1
-    v = (2 * torch.arange(H, device=dev, dtype=dt) + 1) / H - 1
-    t = theta.reshape(B, 6, 1, 1)
-    gx = t[:, 0] * u + t[:, 1] * v[:, None] + t[:, 2]  # (B, H, W)
-    gy = t[:, 3] * u + t[:, 4] * v[:, None] + t[:, 5]
-    ix = (((gx + 1) * W - 1) * 0.5).clamp(-2.0, W + 1.0)
-    iy = (((gy + 1) * H - 1) * 0.5).clamp(-2.0, H + 1.0)
-    x0f, y0f = ix.floor(), iy.floor()
-    tx, ty = ix - x0f, iy - y0f
-    x0, y0 = x0f.long(), y0f.long()
-    xs = torch.stack([x0, x0 + 1, x0, x0 + 1], dim=-1)  # (B, H, W, 4) neighbour order 00 01 10 11
-    ys = torch.stack([y0, y0, y0 + 1, y0 + 1], dim=-1)
-    weight = torch.stack([(1 - tx) * (1 - ty), tx * (1 - ty), (1 - tx) * ty, tx * ty], dim=-1)
-    inside = (xs >= 0) & (xs < W) & (ys >= 0) & (ys < H)
     HW = H * W
-    key = torch.where(inside, ys * W + xs, HW).reshape(B, 4 * HW)  # outside pairs sort last
-    sorted_key, order = torch.sort(key, dim=1, stable=True)
-    sample_of_pair = torch.arange(4 * HW, device=dev, dtype=torch.int64) // 4
-    sample = sample_of_pair[order].to(torch.int32).contiguous()
-    weight = torch.gather(weight.reshape(B, 4 * HW), 1, order).contiguous()
-    bounds = torch.arange(HW + 1, device=dev, dtype=torch.int64).expand(B, HW + 1).contiguous()
-    start = torch.searchsorted(sorted_key.contiguous(), bounds, side="left")
-    return start.contiguous(), sample, weight
+    start = torch.empty((B, HW + 1), device=theta.device, dtype=torch.int32)
+    cursor = torch.empty((B, HW + 1), device=theta.device, dtype=torch.int32)
+    sample = torch.empty((B, 4 * HW), device=theta.device, dtype=torch.int32)
+    weight = torch.empty((B, 4 * HW), device=theta.device, dtype=theta.dtype)
+    block_e, block_p = _index_blocks(HW)
+    with device_context(theta):
+        _inverse_index_kernel[checked_grid((B,), "affine_hpool inverse index")](
+            theta, start, sample, weight, cursor, H, W,
+            ACC=acc_dtype(theta.dtype), BLOCK_E=block_e, BLOCK_P=block_p,
+            num_warps=num_warps_for(block_e * block_e),
+        )
+    return start, sample, weight
 
 
 def affine_hpool_backward(grad_out, x, theta, argmax):
     B, C, H, W = x.shape
     HW = H * W
+    _check_indices(C, H, W)
     grad_out = grad_out.contiguous()
     argmax = argmax.contiguous()
     theta = theta.contiguous()
     acc_t = torch_acc_dtype(x.dtype)
     ACC = acc_dtype(x.dtype)
+    dtheta_grid, reduce_grid, _, dx_grid = backward_grids(B, C, H, W)
 
     block_r, block_w = _row_blocks(C, H, W)
-    n_rblocks = triton.cdiv(C * H, block_r)
+    n_rblocks = dtheta_grid[0]
     partial = torch.empty((B, n_rblocks, 6), device=x.device, dtype=acc_t)
-    _affine_hpool_dtheta_kernel[(B, n_rblocks)](
-        x, theta, grad_out, argmax, partial, C, H, W, n_rblocks, *x.stride(),
-        ACC=ACC, BLOCK_R=block_r, BLOCK_W=block_w, num_warps=num_warps_for(block_r * block_w),
-    )
     grad_theta = torch.empty((B, 2, 3), device=x.device, dtype=theta.dtype)
-    _dtheta_reduce_kernel[(B,)](partial, grad_theta, n_rblocks, ACC=ACC, num_warps=1)
-
-    start, sample, weight = _inverse_index(theta.to(acc_t), H, W)
     dx = torch.empty((B, C, H, W), device=x.device, dtype=x.dtype)
     block_c, block_p = _dx_blocks(C, HW)
-    grid = (B, triton.cdiv(C, block_c), triton.cdiv(HW, block_p))
-    _affine_hpool_dx_kernel[grid](
-        grad_out, argmax, start, sample, weight, dx, C, H, W, 4 * HW,
-        ACC=ACC, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps_for(block_c * block_p),
-    )
+    with device_context(x):
+        _affine_hpool_dtheta_kernel[dtheta_grid](
+            x, theta, grad_out, argmax, partial, C, H, W, n_rblocks, *x.stride(),
+            ACC=ACC, BLOCK_R=block_r, BLOCK_W=block_w, num_warps=num_warps_for(block_r * block_w),
+        )
+        _dtheta_reduce_kernel[reduce_grid](partial, grad_theta, n_rblocks, ACC=ACC, num_warps=1)
+        start, sample, weight = inverse_index(theta.to(acc_t).contiguous(), H, W)
+        _affine_hpool_dx_kernel[dx_grid](
+            grad_out, argmax, start, sample, weight, dx, C, H, W, 4 * HW, triton.cdiv(HW, block_p),
+            ACC=ACC, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps_for(block_c * block_p),
+        )
     return dx, grad_theta

@@ -1,5 +1,6 @@
 """Checks of the op contract shared by the three ops' test files: torch.library.opcheck of the registered
-ops (forward and backward), tracing by torch.compile(fullgraph=True), and bitwise determinism."""
+ops (forward and backward), tracing by torch.compile(fullgraph=True), bitwise determinism, and the affine
+ops' zero result when every sample falls outside the map."""
 
 import torch
 
@@ -18,7 +19,7 @@ def opcheck_forward_and_backward(op, backend, case):
     if op == "channel_pool":
         cmean, gpool, argmax = outputs
         backward_args = (torch.randn_like(cmean), torch.randn_like(gpool), argmax, args[0])
-    elif op == "affine_hpool":
+    elif op in ("affine_hpool", "affine_hpool_separable"):
         out, argmax = outputs
         backward_args = (torch.randn_like(out), args[0], args[1], argmax)
     else:
@@ -53,3 +54,14 @@ def backward_is_bitwise_deterministic(op, backend, case):
         grads.append([inputs[k].grad for k in sorted(inputs)])
     for first, second in zip(*grads):
         assert torch.equal(first, second)
+
+
+def all_samples_outside_give_zero(pool, theta_rows):
+    """pool(x, theta) -- an affine_hpool flavour -- on a (2, 3, 4, 5) x with every batch element's theta
+    set to theta_rows (2 x 3, shifting all samples out of the map): out, dx and dtheta exactly 0."""
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    theta = torch.tensor(theta_rows).expand(2, 2, 3).contiguous().requires_grad_()
+    out = pool(x, theta)
+    assert torch.equal(out, torch.zeros(2, 3, 4))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x)) and torch.equal(theta.grad, torch.zeros_like(theta))

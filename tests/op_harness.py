@@ -1,4 +1,6 @@
-"""The random-case harness every backend of the three ops is tested with.
+"""The random-case harness every backend of the three ops is tested with (affine_hpool also as
+affine_hpool_separable: ops.affine_hpool(..., rotation_free=True), whose reference is the general eager
+op on theta with its off-diagonal entries masked to 0 -- so "general" thetas test that masking too).
 
 A case holds float64 master values and a memory layout. For a given dtype the values are rounded to
 that dtype and laid out (contiguous, channels_last, a strided slice, a transpose); the backend under
@@ -77,6 +79,7 @@ def _theta(gen, batch, kind):
 
 
 THETA_KINDS = ("norot", "general", "outside", "zoom")
+AFFINE_OPS = ("affine_hpool", "affine_hpool_separable")
 
 # affine_hpool is not differentiable where a row's two largest samples tie or where a sample lies on a
 # pixel boundary (floor() jumps); at such points float32 rounding may legitimately pick the other side.
@@ -85,12 +88,15 @@ MAX_GAP_MARGIN = 1e-5  # relative to max(1, |x|max)
 PIXEL_BOUNDARY_MARGIN = 1e-4  # in pixels
 
 
-def _away_from_kinks(x, theta, dtype):
-    """True when the rounded case is well inside differentiable territory (see the margins above)."""
+def _away_from_kinks(x, theta, dtype, rotation_free=False):
+    """True when the rounded case is well inside differentiable territory (see the margins above);
+    rotation_free: for the op that takes theta's off-diagonal entries as 0."""
     import torch.nn.functional as F
 
     x = x.to(dtype).double()
     theta = theta.to(dtype).double()
+    if rotation_free:
+        theta = theta * torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
     height, width = x.shape[2], x.shape[3]
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     for coordinate, size in ((grid[..., 0], width), (grid[..., 1], height)):
@@ -120,11 +126,11 @@ def random_cases(op, count, seed, limits=(3, 40, 12, 8)):
         randn = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
         if op == "channel_pool":
             values = {"x": randn(batch, channels, height, width)}
-        elif op == "affine_hpool":
+        elif op in AFFINE_OPS:
             kind = THETA_KINDS[index % len(THETA_KINDS)]
             for _ in range(50):
                 values = {"x": randn(batch, channels, height, width), "theta": _theta(gen, batch, kind)}
-                if _away_from_kinks(values["x"], values["theta"], dtype):
+                if _away_from_kinks(values["x"], values["theta"], dtype, rotation_free=op == "affine_hpool_separable"):
                     break
             else:
                 raise RuntimeError(f"could not draw a well-conditioned affine_hpool case {index}")
@@ -143,6 +149,8 @@ def call_op(op, inputs, backend):
         return ops.channel_pool(inputs["x"], backend=backend)
     if op == "affine_hpool":
         return (ops.affine_hpool(inputs["x"], inputs["theta"], backend=backend),)
+    if op == "affine_hpool_separable":
+        return (ops.affine_hpool(inputs["x"], inputs["theta"], rotation_free=True, backend=backend),)
     return (ops.vertical_proj(inputs["F"], inputs["delta"], backend=backend),)
 
 
@@ -205,6 +213,6 @@ def kernel_inputs(op, case):
     compute = torch.float64 if case.dtype == torch.float64 else torch.float32
     if op == "channel_pool":
         return (inputs["x"],)
-    if op == "affine_hpool":
+    if op in AFFINE_OPS:
         return inputs["x"], inputs["theta"].to(compute).contiguous()
     return inputs["F"].contiguous(), inputs["delta"].to(compute).contiguous()

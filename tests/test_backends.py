@@ -39,3 +39,21 @@ def test_process_wide_setting_switches_the_ops():
     for name in ops.available_backends("cpu"):
         with ops.use_backend(name):
             torch.testing.assert_close(ops.channel_pool(x)[1], gpool)
+
+
+def test_process_wide_setting_switches_the_separable_path():
+    x = torch.randn(2, 3, 4, 5)
+    theta = torch.tensor([[[0.9, 0.3, 0.1], [-0.2, 1.1, 0.0]]]).expand(2, 2, 3)
+    expected = ops.affine_hpool_separable_eager(x, theta)
+    for name in ops.available_backends("cpu"):
+        with ops.use_backend(name):
+            torch.testing.assert_close(ops.affine_hpool(x, theta, rotation_free=True), expected)
+
+
+def test_native_is_available_only_with_the_separable_kernels():
+    """The native backend's status covers every registered op, the separable pair included, so that a
+    build without them reports itself broken instead of failing inside the model."""
+    from scstn_vcn.ops import _backend
+    from scstn_vcn.ops._wiring import SCHEMAS
+
+    assert set(_backend._NATIVE_OPS) == {f"scstn_vcn::{name}" for name in SCHEMAS}

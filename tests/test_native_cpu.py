@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(
     not ops.backend_status("native", "cpu")[0], reason=f"native CPU backend: {ops.backend_status('native', 'cpu')[1]}"
 )
 
-OPS = tuple(SCHEMAS)  # the six registered ops, forward and backward
+OPS = tuple(SCHEMAS)  # every registered op, forward and backward
 
 
 def native():
@@ -57,6 +57,17 @@ def test_profiler_shows_the_fused_kernel_and_no_grid_sample():
     assert not any("grid_sampler" in name or "affine_grid" in name for name in names), sorted(names)
 
 
+def test_profiler_shows_the_separable_kernel_for_rotation_free():
+    x = torch.randn(2, 5, 6, 4, requires_grad=True)
+    theta = make_theta(2, "norot", torch.float32).requires_grad_()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        ops.affine_hpool(x, theta, rotation_free=True, backend="native").sum().backward()
+    names = {event.name for event in prof.events()}
+    assert {"scstn_vcn::affine_hpool_separable", "scstn_vcn::affine_hpool_separable_backward"} <= names
+    assert "scstn_vcn::affine_hpool" not in names
+    assert not any("grid_sampler" in name or "affine_grid" in name for name in names), sorted(names)
+
+
 # --- fp64 gradients through the public ops ---
 
 
@@ -68,6 +79,34 @@ def test_affine_hpool_gradcheck(kind):
     x = (torch.randn(2, 3, 7, 5, generator=gen, dtype=torch.float64) + 4).requires_grad_()
     theta = make_theta(2, kind).requires_grad_()
     assert torch.autograd.gradcheck(lambda a, t: ops.affine_hpool(a, t, backend="native"), (x, theta))
+
+
+@pytest.mark.parametrize("kind", ["norot", "rotation", "outside"])
+def test_affine_hpool_separable_gradcheck(kind):
+    """rotation: the off-diagonal entries are ignored (gradient 0, which finite differences confirm)."""
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.randn(2, 11, 7, 9, generator=gen, dtype=torch.float64) + 4).requires_grad_()
+    theta = make_theta(2, kind).requires_grad_()
+    fn = lambda a, t: ops.affine_hpool(a, t, rotation_free=True, backend="native")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, theta))
+
+
+@pytest.mark.parametrize("shape", [(2, 37, 24, 8), (2, 19, 9, 16), (1, 9, 48, 16), (2, 11, 5, 24)])
+def test_affine_hpool_separable_vectorised_widths_match_fp64_eager(shape):
+    """float32 at the widths with dedicated vector code (W = 8, 16: the paper's O and M maps) and one
+    without, against the fp64 eager reference on the masked theta."""
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(*shape, generator=gen)
+    theta = make_theta(shape[0], "rotation", torch.float32, seed=4)
+    g = torch.randn(shape[:3], generator=gen)
+    x32, t32 = x.clone().requires_grad_(), theta.clone().requires_grad_()
+    out = ops.affine_hpool(x32, t32, rotation_free=True, backend="native")
+    out.backward(g)
+    x64, t64 = x.double().requires_grad_(), theta.double().requires_grad_()
+    ref = ops.affine_hpool_separable_eager(x64, t64)
+    ref.backward(g.double())
+    for got, want in ((out, ref), (x32.grad, x64.grad), (t32.grad, t64.grad)):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * max(1.0, want.abs().max().item()))
 
 
 def test_affine_hpool_fully_outside_row_gives_zero_output_and_gradient():
@@ -130,12 +169,20 @@ def _cases():
     for kind in ("norot", "rotation"):
         theta = make_theta(3, kind, torch.float32, seed=7)
         yield f"affine_hpool-{kind}", (lambda a, t: ops.affine_hpool(a, t, backend="native")), (x, theta)
+    theta = make_theta(3, "norot", torch.float32, seed=7)
+    separable = lambda a, t: ops.affine_hpool(a, t, rotation_free=True, backend="native")  # noqa: E731
+    yield "affine_hpool_separable", separable, (x, theta)
+    yield "affine_hpool_separable-bf16", separable, (x.to(torch.bfloat16), theta)
     F = torch.randn(5, 75, 9, generator=gen)
     delta = torch.randn(75, 6, 9, generator=gen)
     yield "vertical_proj", (lambda f, d: ops.vertical_proj(f, d, backend="native")), (F, delta)
 
 
-@pytest.mark.parametrize("name", ["channel_pool", "affine_hpool-norot", "affine_hpool-rotation", "vertical_proj"])
+@pytest.mark.parametrize(
+    "name",
+    ["channel_pool", "affine_hpool-norot", "affine_hpool-rotation", "affine_hpool_separable",
+     "affine_hpool_separable-bf16", "vertical_proj"],
+)
 def test_backward_is_bitwise_deterministic_across_runs_and_thread_counts(name):
     fn, inputs = next((f, i) for n, f, i in _cases() if n == name)
     threads = torch.get_num_threads()
@@ -169,10 +216,32 @@ def test_layouts_give_bitwise_equal_results(kind):
         assert name == "contiguous" or not tensor.is_contiguous()
         grads = _grads(lambda a, t: ops.affine_hpool(a, t, backend="native"), (tensor, theta))
         pooled = _grads(lambda a: ops.channel_pool(a, backend="native"), (tensor,))
-        results[name] = grads + pooled
+        separable = _grads(lambda a, t: ops.affine_hpool(a, t, rotation_free=True, backend="native"), (tensor, theta))
+        results[name] = grads + pooled + separable
     for name, values in results.items():
         for a, b in zip(values, results["contiguous"]):
             assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("shape", [(2, 19, 6, 8), (3, 40, 5, 7)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_separable_layouts_give_bitwise_equal_results(shape, dtype):
+    """(2, 19, 6, 8): H W a multiple of 8, so contiguous float32 full lane groups take the vectorised
+    transposing load and the partial group and other layouts the generic one; both must agree."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(*shape, generator=gen).to(dtype)
+    theta = make_theta(shape[0], "outside", torch.float64 if dtype == torch.float64 else torch.float32, seed=3)
+    layouts = {
+        "contiguous": x,
+        "channels_last": x.contiguous(memory_format=torch.channels_last),
+        "transposed": x.transpose(2, 3).contiguous().transpose(2, 3),
+        "sliced": torch.stack([x, torch.zeros_like(x)], dim=2).flatten(1, 2)[:, ::2],
+    }
+    fn = lambda a, t: ops.affine_hpool(a, t, rotation_free=True, backend="native")  # noqa: E731
+    results = {name: [fn(t, theta)] + _grads(fn, (t, theta)) for name, t in layouts.items()}
+    for name, values in results.items():
+        for a, b in zip(values, results["contiguous"]):
+            assert a.dtype == b.dtype and torch.equal(a, b), name
 
 
 # --- errors from C++ name the argument ---
@@ -190,17 +259,25 @@ def test_direct_calls_with_bad_inputs_name_the_argument():
     theta = make_theta(2, "norot", torch.float32)
     assert "x must be 4-D" in _error(lambda: N.channel_pool(x[0]))
     assert "x must be float16, bfloat16, float32 or float64" in _error(lambda: N.channel_pool(x.to(torch.int32)))
-    assert "x must be 4-D" in _error(lambda: N.affine_hpool(x[0], theta))
-    assert "theta must have shape" in _error(lambda: N.affine_hpool(x, theta[:, :, :2].contiguous()))
-    assert "theta must have shape" in _error(lambda: N.affine_hpool(x, theta[:1]))
-    assert "theta must be 3-D" in _error(lambda: N.affine_hpool(x, theta.flatten(1)))
-    assert "theta must be Float" in _error(lambda: N.affine_hpool(x, theta.double()))
-    assert "theta must be Double" in _error(lambda: N.affine_hpool(x.double(), theta))
+    # what the general and the separable affine_hpool check alike
+    for forward, backward in ((N.affine_hpool, N.affine_hpool_backward),
+                              (N.affine_hpool_separable, N.affine_hpool_separable_backward)):
+        assert "x must be 4-D" in _error(lambda: forward(x[0], theta))
+        assert "theta must have shape" in _error(lambda: forward(x, theta[:1]))
+        assert "theta must be 3-D" in _error(lambda: forward(x, theta.flatten(1)))
+        assert "theta must be Float" in _error(lambda: forward(x, theta.double()))
+        assert "theta must be Double" in _error(lambda: forward(x.double(), theta))
+        out, argmax = forward(x, theta)
+        assert "argmax must be Int" in _error(lambda: backward(out, x, theta, argmax.long()))
+        assert "grad_out must have shape" in _error(lambda: backward(out[:, :2], x, theta, argmax))
+        assert "argmax must hold" in _error(lambda: backward(out, x, theta, argmax + 5))
 
-    out, argmax = N.affine_hpool(x, theta)
-    assert "argmax must be Int" in _error(lambda: N.affine_hpool_backward(out, x, theta, argmax.long()))
-    assert "grad_out must have shape" in _error(lambda: N.affine_hpool_backward(out[:, :2], x, theta, argmax))
-    assert "argmax must hold" in _error(lambda: N.affine_hpool_backward(out, x, theta, argmax + 5))
+    assert "theta must have shape" in _error(lambda: N.affine_hpool(x, theta[:, :, :2].contiguous()))
+    assert "x must be float16, bfloat16, float32 or float64" in _error(lambda: N.affine_hpool_separable(x.int(), theta))
+    out, argmax = N.affine_hpool_separable(x, theta)
+    assert "argmax must have shape" in _error(lambda: N.affine_hpool_separable_backward(out, x, theta, argmax[:1]))
+    assert "grad_out must be float16" in _error(lambda: N.affine_hpool_separable_backward(out.int(), x, theta, argmax))
+    assert "argmax must hold" in _error(lambda: N.affine_hpool_separable_backward(out, x, theta, argmax - 1 - argmax))
 
     cmean, gpool, cargmax = N.channel_pool(x)
     assert "grad_gpool must have shape" in _error(lambda: N.channel_pool_backward(cmean, gpool[:1], cargmax, x))

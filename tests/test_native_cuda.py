@@ -1,10 +1,11 @@
 """The native CUDA kernels of scstn_vcn._C against fp64 eager references, at the paper's shapes.
 
 Needs a CUDA device and an extension built with CUDA; skipped otherwise. For each op and each of
-float32 / bfloat16 / float16: forward outputs, argmax indices (the FIRST maximum), and every
+float32 / bfloat16 / float16 / float64: forward outputs, argmax indices (the FIRST maximum), and every
 gradient are compared with the eager reference evaluated in float64 on the upcast inputs, on the
 CPU (whose max returns the first maximum). Also: theta with and without rotation and with samples
-outside the map, channels_last x, bitwise-deterministic backward, and input errors.
+outside the map, channels_last x, bitwise-deterministic backward, the paper's batch (B = 96), shared
+memory that holds only initialised values (compute-sanitizer initcheck), and input errors.
 
 Gradients through a max are compared with the max position the kernel chose: in affine_hpool the
 resampled values are computed in float32 by the kernel and in float64 by the reference, so two
@@ -34,7 +35,9 @@ NATIVE = torch.ops.scstn_vcn if _REASON is None else None
 SHAPES = {"O": (4, 2048, 24, 8), "M": (4, 2048, 48, 16)}
 # Small odd sizes (a partial 64-channel block, odd W) and a map too large for shared memory.
 EXTRA_SHAPES = {"odd": (3, 70, 5, 7), "large": (2, 3, 130, 132)}
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+# The paper's batch (P x K = 16 x 6) at both shapes: grids, splits and shared-memory plans as in training.
+PAPER_BATCH = {"O96": (96, 2048, 24, 8), "M96": (96, 2048, 48, 16)}
 # Relative tolerance for results rounded to the dtype (computed in float32 inside the kernels).
 TOL = {torch.float32: 2e-4, torch.bfloat16: 2e-2, torch.float16: 3e-3, torch.float64: 1e-10}
 
@@ -128,6 +131,11 @@ def test_channel_pool(shape, dtype):
     assert torch.equal(cmean, cmean2) and torch.equal(gpool, gpool2), "channel_pool forward is not deterministic"
 
 
+@pytest.mark.parametrize("shape", list(PAPER_BATCH.values()), ids=list(PAPER_BATCH))
+def test_channel_pool_paper_batch(shape):
+    test_channel_pool(shape, torch.float32)
+
+
 def test_channel_pool_channels_last_and_ties():
     x = make_x(SHAPES["O"], torch.float32, seed=3)
     cl = x.to(memory_format=torch.channels_last)
@@ -157,18 +165,11 @@ def resampled_ref(x64, theta64):
     return F.grid_sample(x64, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def check_affine(x, theta, dtype, tol, check_theta_grad=True):
-    B, C, H, W = x.shape
-    theta_c = theta.to(compute_dtype(dtype)).cuda()
-    out, argmax = NATIVE.affine_hpool(x, theta_c)
-    assert out.shape == (B, C, H) and out.dtype == dtype and argmax.dtype == torch.int32
-    x64 = x.double().cpu().contiguous()
-    t64 = theta_c.double().cpu()
-    assert_near(out, ops.affine_hpool_eager(x64, t64), tol, "out")
-
-    # argmax: a maximum of the float64 row up to rounding, and the first one where it is clear.
-    r64 = resampled_ref(x64, t64)
-    a = argmax.long().cpu()
+def assert_first_max(argmax, r64, ref_device):
+    """argmax (the kernel's, int32) is a maximum of its float64 row of r64 up to rounding, and the first
+    one where the maximum is clear. Returns it as int64 on ref_device."""
+    W = r64.shape[-1]
+    a = argmax.long().to(ref_device)
     assert bool(((a >= 0) & (a < W)).all())
     top2 = r64.topk(min(2, W), dim=-1).values
     chosen = r64.gather(-1, a.unsqueeze(-1)).squeeze(-1)
@@ -176,6 +177,33 @@ def check_affine(x, theta, dtype, tol, check_theta_grad=True):
     assert bool((chosen >= top2[..., 0] - slack).all()), "argmax is not a maximum of its row"
     clear = (top2[..., 0] - top2[..., -1]) > slack
     assert torch.equal(a[clear], first_argmax(r64)[clear]), "argmax differs where the maximum is clear"
+    return a
+
+
+def reference_grads(x64, t64, a, g, ref_device):
+    """float64 (dx, dtheta) through grid_sample for dL/dout = g: dL/dr = g / W + g at the argmax a."""
+    B, C, H, W = x64.shape
+    x_ref = x64.clone().requires_grad_()
+    t_ref = t64.clone().requires_grad_()
+    g64 = g.double().to(ref_device)
+    dr = (g64 / W).unsqueeze(-1).expand(B, C, H, W).clone()
+    dr.scatter_add_(-1, a.unsqueeze(-1), g64.unsqueeze(-1))
+    return torch.autograd.grad(resampled_ref(x_ref, t_ref), (x_ref, t_ref), dr)
+
+
+def check_affine(x, theta, dtype, tol, check_theta_grad=True, ref_device="cpu"):
+    """ref_device: where the float64 references run (the GPU for the largest cases: torch.argmax
+    returns the first maximum there too)."""
+    B, C, H, W = x.shape
+    theta_c = theta.to(compute_dtype(dtype)).cuda()
+    out, argmax = NATIVE.affine_hpool(x, theta_c)
+    assert out.shape == (B, C, H) and out.dtype == dtype and argmax.dtype == torch.int32
+    x64 = x.double().to(ref_device).contiguous()
+    t64 = theta_c.double().to(ref_device)
+    assert_near(out, ops.affine_hpool_eager(x64, t64), tol, "out")
+
+    # argmax: a maximum of the float64 row up to rounding, and the first one where it is clear.
+    a = assert_first_max(argmax, resampled_ref(x64, t64), ref_device)
 
     gen = torch.Generator().manual_seed(7)
     g = torch.randn(B, C, H, generator=gen).to(dtype).cuda()
@@ -183,13 +211,7 @@ def check_affine(x, theta, dtype, tol, check_theta_grad=True):
     assert dx.shape == x.shape and dx.dtype == dtype and dx.is_contiguous()
     assert dtheta.shape == (B, 2, 3) and dtheta.dtype == theta_c.dtype and dtheta.is_contiguous()
     # Reference gradient: dL/dr = g / W + g at the kernel's argmax, through grid_sample in float64.
-    x_ref = x64.clone().requires_grad_()
-    t_ref = t64.clone().requires_grad_()
-    g64 = g.double().cpu()
-    dr = (g64 / W).unsqueeze(-1).expand(B, C, H, W).clone()
-    dr.scatter_add_(-1, a.unsqueeze(-1), g64.unsqueeze(-1))
-    r = resampled_ref(x_ref, t_ref)
-    ref_dx, ref_dtheta = torch.autograd.grad(r, (x_ref, t_ref), dr)
+    ref_dx, ref_dtheta = reference_grads(x64, t64, a, g, ref_device)
     assert_near(dx, ref_dx, tol, "dx")
     if check_theta_grad:
         assert_near(dtheta, ref_dtheta, 1e-3 if dtype != torch.float64 else 1e-9, "dtheta")
@@ -204,6 +226,39 @@ def check_affine(x, theta, dtype, tol, check_theta_grad=True):
 def test_affine_hpool(shape, dtype, kind):
     x = make_x(shape, dtype, seed=11)
     check_affine(x, make_theta(kind, shape[0], seed=12), dtype, TOL[dtype])
+
+
+@pytest.mark.parametrize("shape", list(PAPER_BATCH.values()), ids=list(PAPER_BATCH))
+def test_affine_hpool_paper_batch(shape):
+    x = make_x(shape, torch.float32, seed=41)
+    check_affine(x, make_theta("rotated", shape[0], seed=42), torch.float32, TOL[torch.float32], ref_device="cuda")
+
+
+def test_affine_hpool_backward_stages_only_initialised_memory(tmp_path):
+    """compute-sanitizer initcheck over the backward with most samples outside the map: the transposed
+    pattern's unused slots are never written, so they must never be staged or read either."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    tool = shutil.which("compute-sanitizer") or (
+        os.path.join(os.environ["CUDA_HOME"], "bin", "compute-sanitizer") if os.environ.get("CUDA_HOME") else None)
+    if tool is None or not os.path.exists(tool):
+        pytest.skip("compute-sanitizer not found (CUDA toolkit)")
+    script = tmp_path / "initcheck_affine.py"
+    script.write_text(
+        "import torch\n"
+        "import scstn_vcn._C  # noqa: F401  (registers the native ops)\n"
+        "x = torch.randn(2, 70, 24, 8, device='cuda')\n"
+        "theta = torch.tensor([[[1.7, 0.1, 0.9], [0.0, 1.9, -0.9]]] * 2, device='cuda')\n"
+        "out, argmax = torch.ops.scstn_vcn.affine_hpool(x, theta)\n"
+        "torch.ops.scstn_vcn.affine_hpool_backward(torch.randn_like(out), x, theta, argmax)\n"
+        "torch.cuda.synchronize()\n"
+    )
+    done = subprocess.run([tool, "--tool", "initcheck", "--error-exitcode", "3", sys.executable, str(script)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("kind", ["sc", "rotated", "outside"])
@@ -238,15 +293,22 @@ def test_affine_hpool_channels_last():
         assert torch.equal(a, b)
 
 
-def test_affine_hpool_autograd_matches_direct_op():
-    x = make_x((2, 130, 24, 8), torch.float32, seed=18).requires_grad_()
-    theta = make_theta("rotated", 2, seed=19).float().cuda().requires_grad_()
-    out = ops.affine_hpool(x, theta, backend="native")
+def autograd_matches_direct_op(rotation_free, forward, backward, seeds):
+    """ops.affine_hpool(rotation_free=...) through autograd gives bitwise the gradients of the direct
+    native backward call; returns dtheta."""
+    x = make_x((2, 130, 24, 8), torch.float32, seed=seeds[0]).requires_grad_()
+    theta = make_theta("rotated", 2, seed=seeds[1]).float().cuda().requires_grad_()
+    out = ops.affine_hpool(x, theta, rotation_free=rotation_free, backend="native")
     g = torch.randn_like(out)
     dx, dtheta = torch.autograd.grad(out, (x, theta), g)
-    _, argmax = NATIVE.affine_hpool(x.detach(), theta.detach())
-    ref_dx, ref_dtheta = NATIVE.affine_hpool_backward(g, x.detach(), theta.detach(), argmax)
+    _, argmax = forward(x.detach(), theta.detach())
+    ref_dx, ref_dtheta = backward(g, x.detach(), theta.detach(), argmax)
     assert torch.equal(dx, ref_dx) and torch.equal(dtheta, ref_dtheta)
+    return dtheta
+
+
+def test_affine_hpool_autograd_matches_direct_op():
+    autograd_matches_direct_op(False, NATIVE.affine_hpool, NATIVE.affine_hpool_backward, seeds=(18, 19))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -254,7 +316,8 @@ def test_affine_hpool_autograd_matches_direct_op():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", [(8, 2048, 24, 6), (8, 2048, 48, 6), (3, 5, 40, 11)], ids=["O", "M", "odd"])
+@pytest.mark.parametrize("shape", [(8, 2048, 24, 6), (8, 2048, 48, 6), (3, 5, 40, 11), (50, 5, 40, 11)],
+                         ids=["O", "M", "odd", "split"])  # split: ddelta over 3 uneven splits of the batch
 def test_vertical_proj(shape, dtype):
     B, C, H, K = shape
     gen = torch.Generator().manual_seed(21)
@@ -276,6 +339,11 @@ def test_vertical_proj(shape, dtype):
     assert torch.equal(dF, dF2) and torch.equal(ddelta, ddelta2), "vertical_proj_backward is not bitwise deterministic"
 
 
+@pytest.mark.parametrize("shape", [(96, 2048, 24, 6), (96, 2048, 48, 6)], ids=["O96", "M96"])
+def test_vertical_proj_paper_batch(shape):
+    test_vertical_proj(shape, torch.float32)
+
+
 def test_vertical_proj_autograd_matches_direct_op():
     Fm = torch.randn(4, 33, 24, device="cuda", requires_grad=True)
     delta = torch.randn(33, 6, 24, device="cuda", requires_grad=True)
@@ -290,6 +358,22 @@ def test_vertical_proj_autograd_matches_direct_op():
 # input errors (direct calls, so the C++ checks are what answers)
 
 
+def assert_affine_input_errors(forward, backward, x, theta):
+    """The input checks that the general and the separable affine_hpool ops share: theta's shape, dtype
+    and device, the backward's argmax dtype and grad_out shape."""
+    with pytest.raises(RuntimeError, match="theta must have shape"):
+        forward(x, theta[:1])
+    with pytest.raises(RuntimeError, match="theta must be"):
+        forward(x, theta.double())
+    with pytest.raises(RuntimeError, match="theta must be on the same device"):
+        forward(x, theta.cpu())
+    out, argmax = forward(x, theta)
+    with pytest.raises(RuntimeError, match="argmax must be"):
+        backward(out, x, theta, argmax.long())
+    with pytest.raises(RuntimeError, match="grad_out must have shape"):
+        backward(out[:, :2], x, theta, argmax)
+
+
 def test_bad_inputs():
     x = torch.randn(2, 3, 4, 5, device="cuda")
     theta = torch.eye(2, 3, device="cuda").expand(2, 2, 3).contiguous()
@@ -297,17 +381,7 @@ def test_bad_inputs():
         NATIVE.channel_pool(x[0])
     with pytest.raises(RuntimeError, match="x must be float16, bfloat16, float32 or float64"):
         NATIVE.channel_pool(x.int())
-    with pytest.raises(RuntimeError, match="theta must have shape"):
-        NATIVE.affine_hpool(x, theta[:1])
-    with pytest.raises(RuntimeError, match="theta must be"):
-        NATIVE.affine_hpool(x, theta.double())
-    with pytest.raises(RuntimeError, match="theta must be on the same device"):
-        NATIVE.affine_hpool(x, theta.cpu())
-    out, argmax = NATIVE.affine_hpool(x, theta)
-    with pytest.raises(RuntimeError, match="argmax must be"):
-        NATIVE.affine_hpool_backward(out, x, theta, argmax.long())
-    with pytest.raises(RuntimeError, match="grad_out must have shape"):
-        NATIVE.affine_hpool_backward(out[:, :2], x, theta, argmax)
+    assert_affine_input_errors(NATIVE.affine_hpool, NATIVE.affine_hpool_backward, x, theta)
     cmean, gpool, cargmax = NATIVE.channel_pool(x)
     with pytest.raises(RuntimeError, match="grad_gpool must have shape"):
         NATIVE.channel_pool_backward(cmean, gpool[:1], cargmax, x)
@@ -320,3 +394,143 @@ def test_bad_inputs():
         NATIVE.vertical_proj(Fm, torch.randn(3, 6, 4, device="cuda", dtype=torch.float64))
     with pytest.raises(RuntimeError, match="grad_f must have shape"):
         NATIVE.vertical_proj_backward(torch.randn(2, 3, 5, device="cuda"), Fm, torch.randn(3, 6, 4, device="cuda"))
+
+
+# ------------------------------------------------------------------------------------------------
+# affine_hpool_separable (rotation-free theta: theta[:, 0, 1] and theta[:, 1, 0] ignored)
+
+ROTATION_FREE = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
+
+
+def check_separable(x, theta, dtype, tol, ref_device="cpu"):
+    """NATIVE.affine_hpool_separable against float64 grid_sample on theta with its off-diagonal entries
+    zeroed, as check_affine: argmax a maximum within rounding (the first where clear), gradients through
+    the kernel's own argmax, off-diagonal gradients exactly 0, bitwise-deterministic backward."""
+    B, C, H, W = x.shape
+    theta_c = theta.to(compute_dtype(dtype)).cuda()
+    out, argmax = NATIVE.affine_hpool_separable(x, theta_c)
+    assert out.shape == (B, C, H) and out.dtype == dtype and argmax.dtype == torch.int32 and out.is_contiguous()
+    x64 = x.double().to(ref_device).contiguous()
+    t64 = theta_c.double().to(ref_device) * ROTATION_FREE.to(ref_device)
+    r64 = resampled_ref(x64, t64)
+    assert_near(out, r64.mean(-1) + r64.max(-1).values, tol, "out")
+    a = assert_first_max(argmax, r64, ref_device)
+    del r64
+
+    g = torch.randn(B, C, H, generator=torch.Generator().manual_seed(7)).to(dtype).cuda()
+    dx, dtheta = NATIVE.affine_hpool_separable_backward(g, x, theta_c, argmax)
+    assert dx.shape == x.shape and dx.dtype == dtype and dx.is_contiguous()
+    assert dtheta.shape == (B, 2, 3) and dtheta.dtype == theta_c.dtype and dtheta.is_contiguous()
+    assert bool((dtheta[:, 0, 1] == 0).all()) and bool((dtheta[:, 1, 0] == 0).all())
+    ref_dx, ref_dtheta = reference_grads(x64, t64, a, g, ref_device)
+    assert_near(dx, ref_dx, tol, "dx")
+    assert_near(dtheta, ref_dtheta * ROTATION_FREE.to(ref_device), 1e-3 if dtype != torch.float64 else 1e-9, "dtheta")
+    dx2, dtheta2 = NATIVE.affine_hpool_separable_backward(g, x, theta_c, argmax)
+    assert torch.equal(dx, dx2) and torch.equal(dtheta, dtheta2), "separable backward is not bitwise deterministic"
+    return out, argmax, dx, dtheta
+
+
+@pytest.mark.parametrize("kind", ["sc", "outside"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+def test_separable(shape, dtype, kind):
+    x = make_x(shape, dtype, seed=51)
+    check_separable(x, make_theta(kind, shape[0], seed=52), dtype, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", list(PAPER_BATCH.values()), ids=list(PAPER_BATCH))
+def test_separable_paper_batch(shape, dtype):
+    x = make_x(shape, dtype, seed=53)
+    check_separable(x, make_theta("sc", shape[0], seed=54), dtype, TOL[dtype], ref_device="cuda")
+
+
+@pytest.mark.parametrize("kind", ["sc", "outside", "rotated"])  # "rotated": the off-diagonals are ignored
+@pytest.mark.parametrize("shape", list(EXTRA_SHAPES.values()), ids=list(EXTRA_SHAPES))
+def test_separable_other_shapes(shape, kind):
+    # "large": a 130 x 132 map does not fit in shared memory, the maps are read from global memory
+    for dtype in (torch.float32, torch.float64):
+        x = make_x(shape, dtype, seed=55)
+        check_separable(x, make_theta(kind, shape[0], seed=56), dtype, TOL[dtype])
+
+
+def test_separable_layouts_give_bitwise_equal_results():
+    """channels_last and a strided view (no unit stride along w) are read in place, with the results of
+    their contiguous copies, bitwise."""
+    theta = make_theta("sc", 4, seed=58).float().cuda()
+    x = make_x(SHAPES["O"], torch.float32, seed=57)
+    wide = make_x((4, 2048, 24, 16), torch.float32, seed=59)
+    for layout in (x.to(memory_format=torch.channels_last), wide[..., ::2]):
+        dense = layout.contiguous()
+        out, argmax = NATIVE.affine_hpool_separable(dense, theta)
+        out_l, argmax_l = NATIVE.affine_hpool_separable(layout, theta)
+        assert torch.equal(out, out_l) and torch.equal(argmax, argmax_l)
+        g = torch.randn_like(out)
+        for got, want in zip(NATIVE.affine_hpool_separable_backward(g, layout, theta, argmax),
+                             NATIVE.affine_hpool_separable_backward(g, dense, theta, argmax)):
+            assert torch.equal(got, want)
+
+
+def test_separable_matches_the_general_kernel_on_rotation_free_theta():
+    """Same sample positions (the same fma) and the same bilinear expression as affine_hpool: on a
+    rotation-free theta the two agree to rounding, with the same argmax wherever the maximum is clear."""
+    x = make_x(SHAPES["M"], torch.float32, seed=60)
+    theta = (make_theta("sc", x.shape[0], seed=61) * ROTATION_FREE).float().cuda()
+    out, argmax = NATIVE.affine_hpool_separable(x, theta)
+    out_g, argmax_g = NATIVE.affine_hpool(x, theta)
+    assert_near(out, out_g, 1e-5, "out vs general")
+    assert (argmax == argmax_g).float().mean().item() > 0.999
+    g = torch.randn_like(out)
+    dx, dtheta = NATIVE.affine_hpool_separable_backward(g, x, theta, argmax)
+    dx_g, dtheta_g = NATIVE.affine_hpool_backward(g, x, theta, argmax)
+    assert_near(dx, dx_g, 1e-5, "dx vs general")
+    assert_near(dtheta, dtheta_g, 1e-4, "dtheta vs general")
+
+
+def test_separable_autograd_matches_direct_op():
+    dtheta = autograd_matches_direct_op(True, NATIVE.affine_hpool_separable, NATIVE.affine_hpool_separable_backward,
+                                        seeds=(62, 63))
+    assert dtheta[:, 0, 1].abs().sum().item() == 0 and dtheta[:, 1, 0].abs().sum().item() == 0
+
+
+def test_separable_bad_inputs():
+    x = torch.randn(2, 3, 4, 5, device="cuda")
+    theta = torch.eye(2, 3, device="cuda").expand(2, 2, 3).contiguous()
+    with pytest.raises(RuntimeError, match="x must be 4-D"):
+        NATIVE.affine_hpool_separable(x[0], theta)
+    assert_affine_input_errors(NATIVE.affine_hpool_separable, NATIVE.affine_hpool_separable_backward, x, theta)
+    with pytest.raises(RuntimeError, match="H and W too large"):
+        NATIVE.affine_hpool_separable(torch.randn(1, 1, 4000, 4000, device="cuda"), theta[:1])
+
+
+def test_separable_sanitizer_initcheck_and_racecheck(tmp_path):
+    """compute-sanitizer over forward and backward, staged (small map) and global-memory (large map)
+    paths, channels_last, most samples outside the map: no uninitialised shared or global reads and no
+    shared-memory races."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    tool = shutil.which("compute-sanitizer") or (
+        os.path.join(os.environ["CUDA_HOME"], "bin", "compute-sanitizer") if os.environ.get("CUDA_HOME") else None)
+    if tool is None or not os.path.exists(tool):
+        pytest.skip("compute-sanitizer not found (CUDA toolkit)")
+    script = tmp_path / "sanitize_separable.py"
+    script.write_text(
+        "import torch\n"
+        "import scstn_vcn._C  # noqa: F401  (registers the native ops)\n"
+        "ops = torch.ops.scstn_vcn\n"
+        "theta = torch.tensor([[[1.7, 0.1, 0.9], [0.0, 1.9, -0.9]], [[0.8, 0.0, 0.1], [0.0, 1.1, 0.2]]], device='cuda')\n"
+        "for shape in [(2, 70, 24, 8), (2, 3, 130, 132)]:\n"
+        "    for x in (torch.randn(shape, device='cuda'), torch.randn(shape, device='cuda').to(memory_format=torch.channels_last)):\n"
+        "        for t in (theta, theta.double()):\n"
+        "            xx = x.double() if t.dtype == torch.float64 else x\n"
+        "            out, argmax = ops.affine_hpool_separable(xx, t)\n"
+        "            ops.affine_hpool_separable_backward(torch.randn_like(out), xx, t, argmax)\n"
+        "torch.cuda.synchronize()\n"
+    )
+    for check in ("initcheck", "racecheck"):
+        done = subprocess.run([tool, "--tool", check, "--error-exitcode", "3", sys.executable, str(script)],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, check + ": " + done.stdout[-3000:] + done.stderr[-3000:]

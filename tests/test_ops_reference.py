@@ -1,5 +1,6 @@
-"""The three ops on every available backend (and device) against the float64 eager reference on random
-cases (odd sizes, samples outside the map, non-contiguous and channels_last inputs, fp16/bf16), the
+"""The three ops (affine_hpool also on its separable, rotation-free path) on every available backend (and
+device) against the float64 eager reference on random cases (odd sizes, samples outside the map,
+non-contiguous and channels_last inputs, fp16/bf16), the
 registered ops under torch.library.opcheck, and the bitwise determinism of the fused backwards."""
 
 import pytest
@@ -7,11 +8,16 @@ import pytest
 from op_contract import backward_is_bitwise_deterministic, opcheck_forward_and_backward
 from op_harness import assert_close_to_reference, device_backends, random_cases
 
-OPS = ("channel_pool", "affine_hpool", "vertical_proj")
-# >= 50 random cases per op; affine_hpool, with four kinds of theta, gets a few more
+OPS = ("channel_pool", "affine_hpool", "affine_hpool_separable", "vertical_proj")
+# >= 50 random cases per op; affine_hpool (general and separable), with four kinds of theta, gets a few more
 CASES = [
     pytest.param(op, case, id=repr(case))
-    for op, count, seed in (("channel_pool", 50, 11), ("affine_hpool", 60, 21), ("vertical_proj", 50, 31))
+    for op, count, seed in (
+        ("channel_pool", 50, 11),
+        ("affine_hpool", 60, 21),
+        ("affine_hpool_separable", 60, 23),
+        ("vertical_proj", 50, 31),
+    )
     for case in random_cases(op, count, seed)
 ]
 CPU_FUSED = [backend for device, backend in device_backends(fused_only=True) if device == "cpu"]

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/bilinear_taps.h"
 #include "cpu/cpu_utils.h"
 
 #include <torch/library.h>
@@ -36,50 +37,6 @@
 namespace scstn_vcn {
 namespace cpu {
 namespace {
-
-// Neighbour indices along one axis, clamped into the map (so reads stay in bounds), and the weights with
-// the outside neighbours' weight set to 0 (an outside neighbour contributes value 0). valid0/valid1 are
-// the 0/1 masks the derivative needs (X = 0 outside).
-template <typename acc_t>
-struct Taps {
-  int64_t i0, i1;
-  acc_t w0, w1;          // masked weights
-  acc_t raw0, raw1;      // unmasked weights (wx0, wx1): the derivative along the other axis uses them
-  acc_t valid0, valid1;  // 1 inside the map, 0 outside
-};
-
-template <typename acc_t>
-inline Taps<acc_t> make_taps(acc_t coord, int64_t size) {
-  const acc_t fl = std::floor(coord);
-  const acc_t w1 = coord - fl, w0 = acc_t(1) - w1;
-  // Far-outside coordinates: clamp before converting so the integer conversion is defined.
-  const acc_t lim = static_cast<acc_t>(size + 2);
-  const int64_t n0 = static_cast<int64_t>(fl < -lim ? -lim : (fl > lim ? lim : fl));
-  const int64_t n1 = n0 + 1;
-  const bool in0 = n0 >= 0 && n0 < size, in1 = n1 >= 0 && n1 < size;
-  Taps<acc_t> t;
-  t.i0 = in0 ? n0 : 0;
-  t.i1 = in1 ? n1 : 0;
-  t.valid0 = in0 ? acc_t(1) : acc_t(0);
-  t.valid1 = in1 ? acc_t(1) : acc_t(0);
-  t.raw0 = w0;
-  t.raw1 = w1;
-  t.w0 = in0 ? w0 : acc_t(0);
-  t.w1 = in1 ? w1 : acc_t(0);
-  return t;
-}
-
-// Normalised output coordinate of pixel i along an axis of `size` pixels (affine_grid, align_corners=False).
-template <typename acc_t>
-inline acc_t base_coord(int64_t i, int64_t size) {
-  return static_cast<acc_t>(2 * i + 1) / static_cast<acc_t>(size) - acc_t(1);
-}
-
-// Pixel coordinate sampled for a normalised grid coordinate (grid_sample's unnormalise, align_corners=False).
-template <typename acc_t>
-inline acc_t unnormalise(acc_t g, int64_t size) {
-  return ((g + acc_t(1)) * static_cast<acc_t>(size) - acc_t(1)) / acc_t(2);
-}
 
 template <typename acc_t>
 inline bool rotation_free(const acc_t* t) {
@@ -498,18 +455,10 @@ std::tuple<at::Tensor, at::Tensor> affine_hpool_backward_cpu(const at::Tensor& g
       }
     });
 
-    acc_t* dtp = grad_theta.data_ptr<acc_t>();
-    for (int64_t b = 0; b < B; ++b) {
-      double total[6] = {0, 0, 0, 0, 0, 0};
-      for (int64_t tile = 0; tile < tiles; ++tile) {
-        for (int k = 0; k < 6; ++k) total[k] += partial[(b * tiles + tile) * 6 + k];
-      }
-      for (int k = 0; k < 6; ++k) dtp[6 * b + k] = static_cast<acc_t>(total[k]);
-    }
+    constexpr int kSlot[6] = {0, 1, 2, 3, 4, 5};
+    theta_from_partials(partial, B, tiles, kSlot, grad_theta.data_ptr<acc_t>());
   });
-  bool bad_index = false;
-  for (char flag : bad) bad_index = bad_index || flag;
-  TORCH_CHECK(!bad_index, "argmax must hold column indices w in [0, ", W, ") from affine_hpool");
+  check_argmax_flags(bad, W, "affine_hpool");
   return {grad_x, grad_theta};
 }
 

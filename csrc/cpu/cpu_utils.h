@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <type_traits>
 #include <cstring>
+#include <vector>
 
 namespace scstn_vcn {
 namespace cpu {
@@ -78,6 +79,29 @@ inline acc_t row_max_first(const acc_t* v, int64_t n, int64_t* index) {
   while (at < n && !(v[at] == best)) ++at;
   *index = at < n ? at : 0;  // NaN rows: best stays v[0] unless it is NaN; name element 0 then
   return best;
+}
+
+// dtheta of every batch element from the work items' partial sums partial[(b * tiles + tile) * N + k]:
+// the tiles of b added in tile order (in double), partial slot k going to theta entry slot[k] of the
+// six (row-major 2 x 3) at dtheta + 6 b. Entries no slot names are left as they are.
+template <int N, typename acc_t>
+inline void theta_from_partials(const std::vector<double>& partial, int64_t batch, int64_t tiles, const int (&slot)[N],
+                                acc_t* dtheta) {
+  for (int64_t b = 0; b < batch; ++b) {
+    double total[N] = {};
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      for (int k = 0; k < N; ++k) total[k] += partial[(b * tiles + tile) * N + k];
+    }
+    for (int k = 0; k < N; ++k) dtheta[6 * b + slot[k]] = static_cast<acc_t>(total[k]);
+  }
+}
+
+// The backward's error for an argmax outside [0, W), raised once after the parallel loop (its work
+// items only set a flag: an exception must not leave a parallel region).
+inline void check_argmax_flags(const std::vector<char>& bad, int64_t W, const char* op) {
+  bool bad_index = false;
+  for (char flag : bad) bad_index = bad_index || flag;
+  TORCH_CHECK(!bad_index, "argmax must hold column indices w in [0, ", W, ") from ", op);
 }
 
 }  // namespace cpu

@@ -32,8 +32,8 @@
 //    the list of (output pixel, bilinear weight) pairs that read it, in increasing sample order
 //    (keys sorted with a stable sort, so the order is fixed). Each dx[b, c, y, x] is then the sum
 //    over its list in that order: every input pixel's gradient is written by one lane, once,
-//    which works for any theta, rotations included. The lists of one b (4 H W entries) are staged
-//    in shared memory when they fit, otherwise read from global memory.
+//    which works for any theta, rotations included. The lists of one b (its in-map entries, at
+//    most 4 H W) are staged in shared memory when they fit, otherwise read from global memory.
 
 #include "checks.h"
 #include "common.cuh"
@@ -97,13 +97,6 @@ struct Footprint {
     yi = (y0in || y1in) ? static_cast<int>(y0f) : 0;
   }
   __device__ __forceinline__ bool any() const { return (x0in || x1in) && (y0in || y1in); }
-};
-
-template <typename acc_t>
-struct SmemMap {
-  const acc_t* p;
-  int pitch;
-  __device__ __forceinline__ acc_t operator()(int y, int x) const { return p[y * pitch + x]; }
 };
 
 template <typename scalar_t, typename acc_t>
@@ -292,7 +285,10 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp) affine_hpool_backward_kernel
   const acc_t* wgt = entry_weight_g + static_cast<int64_t>(b) * N;
   const int32_t* off = offsets_g + static_cast<int64_t>(b) * (HW + 1);
   if (pattern_in_smem) {
-    for (int i = threadIdx.x; i < N; i += blockDim.x) {
+    // Only the in-map entries [0, off[HW]) were written by the pack kernel (the rest of the N slots
+    // is uninitialised memory, and no list reaches it): stage exactly those.
+    const int n_inside = off[HW];
+    for (int i = threadIdx.x; i < n_inside; i += blockDim.x) {
       s_weight[i] = wgt[i];
       s_pos[i] = pos[i];
     }
@@ -378,46 +374,26 @@ __global__ void __launch_bounds__(kMaxWarps* kWarp) affine_hpool_backward_kernel
     if constexpr (kSmem) __syncwarp();  // the staged rows are overwritten by the next channel
   }
 
-  sxu = warp_sum(sxu);
-  sxv = warp_sum(sxv);
-  sx = warp_sum(sx);
-  syu = warp_sum(syu);
-  syv = warp_sum(syv);
-  sy = warp_sum(sy);
-  if (lane == 0) {
-    warp_sums[warp][0] = sxu;
-    warp_sums[warp][1] = sxv;
-    warp_sums[warp][2] = sx;
-    warp_sums[warp][3] = syu;
-    warp_sums[warp][4] = syv;
-    warp_sums[warp][5] = sy;
-  }
-  __syncthreads();
-  if (threadIdx.x < 6) {
-    acc_t s = acc_t(0);
-    for (int w = 0; w < nwarps; ++w) s += warp_sums[w][threadIdx.x];
-    partial[(static_cast<int64_t>(b) * nchunks + chunk) * 6 + threadIdx.x] = s;
-  }
+  const acc_t sums[6] = {sxu, sxv, sx, syu, syv, sy};
+  block_partial_sums<6>(sums, warp_sums, nwarps, partial + (static_cast<int64_t>(b) * nchunks + chunk) * 6);
 }
 
-// dtheta[b, k] = factor_k * sum over the blocks of b, in block order, of their partial sums.
-template <typename acc_t>
-__global__ void affine_theta_finish_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ grad_theta,
-                                           int64_t total, int nchunks, int H, int W) {
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= total) return;
-  const int64_t b = idx / 6;
-  const int k = static_cast<int>(idx - b * 6);
-  acc_t s = acc_t(0);
-  for (int j = 0; j < nchunks; ++j) s += partial[(b * nchunks + j) * 6 + k];
-  const acc_t Wf = static_cast<acc_t>(W), Hf = static_cast<acc_t>(H);
-  acc_t factor = acc_t(1);
-  if (k == 1) factor = Wf / Hf;
-  if (k == 2) factor = acc_t(0.5) * Wf;
-  if (k == 3) factor = Hf / Wf;
-  if (k == 5) factor = acc_t(0.5) * Hf;
-  grad_theta[idx] = factor * s;
-}
+// The backward's partials are dtheta's six entries before their constant factors: dtheta[b, k] =
+// factor_k * (sum over the blocks of b, in block order, of partial slot k).
+struct GeneralThetaLayout {
+  static constexpr int kSlots = 6;
+  __device__ static int slot(int k) { return k; }
+  template <typename acc_t>
+  __device__ static acc_t factor(int k, int H, int W) {
+    const acc_t Wf = static_cast<acc_t>(W), Hf = static_cast<acc_t>(H);
+    acc_t f = acc_t(1);
+    if (k == 1) f = Wf / Hf;
+    if (k == 2) f = acc_t(0.5) * Wf;
+    if (k == 3) f = Hf / Wf;
+    if (k == 5) f = acc_t(0.5) * Hf;
+    return f;
+  }
+};
 
 // ---------------------------------------------------------------------------------------------
 // Host side
@@ -563,11 +539,7 @@ std::tuple<at::Tensor, at::Tensor> affine_hpool_backward_cuda(const at::Tensor& 
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     // 3. dtheta from the per-block partials, in block order.
-    const int64_t total = B * 6;
-    affine_theta_finish_kernel<acc_t><<<static_cast<unsigned>(ceil_div(total, threads)), threads, 0, stream>>>(
-        partial.const_data_ptr<acc_t>(), grad_theta.mutable_data_ptr<acc_t>(), total, static_cast<int>(nchunks),
-        static_cast<int>(H), static_cast<int>(W));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_theta_finish<acc_t, GeneralThetaLayout>(partial, grad_theta, B, nchunks, H, W, stream);
   });
   return {dx, grad_theta};
 }

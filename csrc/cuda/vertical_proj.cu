@@ -10,9 +10,12 @@
 //  * forward and dF: one warp per (b, c) row; lanes stride over h, so F[b, c, :], delta[c, k, :]
 //    and dF[b, c, :] are read / written as contiguous runs; the forward's per-k dot products are
 //    finished by a fixed xor-shuffle tree.
-//  * ddelta: one thread per (c, h) holding up to 8 k accumulators, looping over b in order; the
-//    threads of a warp cover consecutive h, so each F[b, c, :] run is read coalesced once per
-//    8 values of k.
+//  * ddelta: the batch is cut into S consecutive splits (grid.y); one thread per (c, h, split)
+//    holds up to 8 k accumulators and loops over its split's b in order; the threads of a warp
+//    cover consecutive h, so each F[b, c, :] run is read coalesced once per 8 values of k. A
+//    finishing kernel adds the S partial sums in split order (S = 1 writes ddelta directly). S is
+//    chosen to fill the GPU (C H threads alone are a few hundred blocks walking all of B) while
+//    each split keeps at least 16 images, so the partials stay a fraction of F's traffic.
 // No atomics: every sum has a fixed order, and the results are bitwise reproducible.
 // delta and the gradients are in the compute dtype (float32, or float64 for float64 F).
 
@@ -21,6 +24,7 @@
 
 #include <torch/library.h>
 
+#include <algorithm>
 #include <climits>
 
 namespace scstn_vcn {
@@ -29,6 +33,7 @@ namespace {
 
 constexpr int kRowThreads = 256;  // 8 rows (warps) per block
 constexpr int kKChunk = 8;        // k accumulators per thread in the ddelta kernel
+constexpr int kMinSplitImages = 16;  // images per ddelta split at least (see the header)
 
 inline int64_t row_blocks(int64_t rows) {
   return std::min<int64_t>(ceil_div(rows, kRowThreads / kWarp), int64_t(1) << 20);
@@ -74,19 +79,23 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
+// partial[split, c, k, h] = sum over the split's b (increasing) of grad_f[b, c, k] * F[b, c, h].
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(256)
     vertical_proj_grad_delta_kernel(const acc_t* __restrict__ grad_f, const scalar_t* __restrict__ F,
-                                    acc_t* __restrict__ ddelta, int B, int C, int H, int K) {
+                                    acc_t* __restrict__ partial, int B, int C, int H, int K, int per_split) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= static_cast<int64_t>(C) * H) return;
   const int64_t c = idx / H;
   const int64_t h = idx - c * H;
+  const int b_first = static_cast<int>(blockIdx.y) * per_split;
+  const int b_end = min(B, b_first + per_split);
+  acc_t* out = partial + static_cast<int64_t>(blockIdx.y) * C * K * H;
   for (int k0 = 0; k0 < K; k0 += kKChunk) {
     acc_t s[kKChunk];
 #pragma unroll
     for (int kk = 0; kk < kKChunk; ++kk) s[kk] = acc_t(0);
-    for (int b = 0; b < B; ++b) {
+    for (int b = b_first; b < b_end; ++b) {
       const int64_t bc = static_cast<int64_t>(b) * C + c;
       const acc_t v = static_cast<acc_t>(F[bc * H + h]);
       const acc_t* g = grad_f + bc * K + k0;
@@ -96,8 +105,28 @@ __global__ void __launch_bounds__(256)
     }
 #pragma unroll
     for (int kk = 0; kk < kKChunk; ++kk)
-      if (k0 + kk < K) ddelta[(c * K + k0 + kk) * H + h] = s[kk];
+      if (k0 + kk < K) out[(c * K + k0 + kk) * H + h] = s[kk];
   }
+}
+
+// ddelta[i] = the sum of the splits' partial[s, i] in split order.
+template <typename acc_t>
+__global__ void vertical_proj_grad_delta_finish_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ ddelta,
+                                                       int64_t n, int splits) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  acc_t s = acc_t(0);
+  for (int j = 0; j < splits; ++j) s += partial[j * n + i];
+  ddelta[i] = s;
+}
+
+// Number of ddelta splits: enough (c, h, split) threads to fill every SM, each split at least
+// kMinSplitImages images, at most 65535 (grid.y).
+int64_t grad_delta_splits(int64_t B, int64_t C, int64_t H) {
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  const int64_t resident = static_cast<int64_t>(prop->multiProcessorCount) * prop->maxThreadsPerMultiProcessor;
+  const int64_t wanted = std::min(ceil_div(resident, C * H), std::max<int64_t>(1, B / kMinSplitImages));
+  return std::min<int64_t>(std::max<int64_t>(1, wanted), 65535);
 }
 
 void check_F_delta(const at::Tensor& F, const at::Tensor& delta) {
@@ -156,10 +185,21 @@ std::tuple<at::Tensor, at::Tensor> vertical_proj_backward_cuda(const at::Tensor&
         static_cast<int>(C), static_cast<int>(H), static_cast<int>(K));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int64_t threads = 256;
-    vertical_proj_grad_delta_kernel<scalar_t, acc_t><<<static_cast<unsigned>(ceil_div(C * H, threads)), threads, 0, stream>>>(
-        g.const_data_ptr<acc_t>(), Fc.const_data_ptr<scalar_t>(), ddelta.mutable_data_ptr<acc_t>(),
-        static_cast<int>(B), static_cast<int>(C), static_cast<int>(H), static_cast<int>(K));
+    const int64_t per_split = ceil_div(B, grad_delta_splits(B, C, H));
+    const int64_t splits = ceil_div(B, per_split);
+    at::Tensor partial = splits == 1 ? ddelta : at::empty({splits, C, K, H}, dc.options());
+    const dim3 grid(static_cast<unsigned>(ceil_div(C * H, threads)), static_cast<unsigned>(splits));
+    vertical_proj_grad_delta_kernel<scalar_t, acc_t><<<grid, threads, 0, stream>>>(
+        g.const_data_ptr<acc_t>(), Fc.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(),
+        static_cast<int>(B), static_cast<int>(C), static_cast<int>(H), static_cast<int>(K),
+        static_cast<int>(per_split));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (splits > 1) {
+      const int64_t n = C * K * H;
+      vertical_proj_grad_delta_finish_kernel<acc_t><<<static_cast<unsigned>(ceil_div(n, threads)), threads, 0, stream>>>(
+          partial.const_data_ptr<acc_t>(), ddelta.mutable_data_ptr<acc_t>(), n, static_cast<int>(splits));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
   return {dF, ddelta};
 }

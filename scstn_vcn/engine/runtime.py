@@ -18,6 +18,18 @@ def resolve_device(name="auto", local_rank=0):
     return device
 
 
+def activate_device(device):
+    """Make a CUDA `device` the process's current device.
+
+    Kernels launched without an explicit device (Triton's, torch's default-stream work, NCCL) use the
+    current device; with --device cuda:1 in a single process the current device would otherwise stay
+    cuda:0. CPU devices need nothing; a CUDA device without an index (plain "cuda") keeps the current one.
+    """
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
+
+
 def choose_backend(fused, kernels, device):
     """The op backend for this run, set process-wide.
 

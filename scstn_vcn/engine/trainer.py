@@ -13,7 +13,7 @@ from scstn_vcn.engine.builders import build_dataset_from_config, build_loss_from
 from scstn_vcn.engine.features import _split_batch, autocast_context
 from scstn_vcn.engine.logging import EpochLogger
 from scstn_vcn.engine.optim import build_optimizer, build_scheduler
-from scstn_vcn.engine.runtime import choose_backend, resolve_device
+from scstn_vcn.engine.runtime import activate_device, choose_backend, resolve_device
 from scstn_vcn.engine.seed import get_rng_state, seed_everything, set_rng_state
 
 CHECKPOINT_NAME = "checkpoint.pth"
@@ -102,7 +102,7 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
         train_cfg = config["train"]
         self.info = dist_utils.init_distributed(resolve_device(train_cfg["device"]).type)
-        self.device = resolve_device(train_cfg["device"], self.info.local_rank)
+        self.device = activate_device(resolve_device(train_cfg["device"], self.info.local_rank))
         self.say = say if self.info.is_main else (lambda *a, **k: None)
         self.progress = progress and self.info.is_main
         self.output = train_cfg["output"]

@@ -12,7 +12,9 @@ The meaning of each row (Sec. 4.4): "Baseline" is the global branch alone; "Base
 transformer (VCN pools M itself); "STN" learns the 6 affine factors freely, "STN (w/o rotate)" the 4
 of scale and translation; "SC-STN (eps in (0,1))" drops the 0.4 prior, "SC-STN (eps = 0.4)" fixes eps;
 GP / FC / MGN replace VCN on the refined map; "w/o HP" runs VCN's kernels over the whole (C, H, W)
-map; "shared" uses one set of K kernels for all channels.
+map; "shared" uses one set of K kernels for all channels. Every row with SC-STN or the STN without
+rotation resamples with affine_hpool's separable path (theta has no rotation by construction); only
+"plain_stn" (6 free factors) uses the general one.
 """
 
 from dataclasses import dataclass, field

@@ -12,6 +12,9 @@ Outputs of forward(images, return_theta=False):
   Only the branches present appear. return_theta=True adds "theta": (B, 2, 3) (identity when the
   model has no STN but a spatial branch; absent without a spatial branch).
 The ops run with backend=None, so scstn_vcn.ops.set_backend("native"/"triton") switches the whole model.
+A transformer whose theta has no rotation or shear by construction (SC-STN and its variants, the STN
+without rotation: its `rotation_free` flag) makes the head resample with the separable path
+(ops.affine_hpool(..., rotation_free=True)); the free 6-factor STN keeps the general one.
 """
 
 from torch import nn
@@ -109,9 +112,11 @@ class ReIDModel(nn.Module):
         if self.global_branch is not None:
             out["global"] = self._branch_output(*self.global_branch(gpool))
         if self.head is not None:
+            rotation_free = False
             if self.stn is not None:
                 theta = self.stn(cmean)
-            out["spatial"] = self._branch_output(*self.spatial_neck(self.head(M, theta)))
+                rotation_free = self.stn.rotation_free  # from the module's configuration, never theta's values
+            out["spatial"] = self._branch_output(*self.spatial_neck(self.head(M, theta, rotation_free=rotation_free)))
             if return_theta:
                 out["theta"] = theta if theta is not None else _identity_theta(M)
         return out
@@ -140,7 +145,9 @@ def build_model(num_classes, backbone="resnet50", variant="O", pretrained=None, 
                   (an eval-only feature extractor).
     backbone      "resnet50" (paper), "resnet34", "resnet18", or "tiny" (~0.3 M params, for CPU runs).
     variant       "O": last stride 1 (24 x 8 at 384 x 128); "M": layer3/4 dilated (48 x 16).
-    pretrained    path of a torchvision ResNet state-dict file for the backbone (fc.* ignored), or None.
+    pretrained    backbone weights: "imagenet" (torchvision's V1 ImageNet weights, through the torch.hub
+                  cache), "imagenet-v2", the path of a torchvision ResNet state-dict file (fc.* ignored),
+                  or None (from scratch).
     input_size    (H_in, W_in) of the images; fixes the map size H x W that SC-STN's FC1 (H W inputs)
                   and VCN's kernels (H taps) are built for.
     global_branch / spatial_branch   which branches exist ("Baseline" = global only).

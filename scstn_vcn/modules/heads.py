@@ -10,7 +10,8 @@ MGNStripeHead   "SC-STN+MGN": M^r cut into MGN's two granularities of horizontal
                 in R^{5C}. MGN's per-stripe 1x1 reductions and per-stripe losses are left out: the paper
                 concatenates the stripe features into one spatial feature with one BN and classifier,
                 so this head differs from VCN only in how it pools M^r.
-M^r = grid_sample(M, affine_grid(theta)) is materialised with eager torch ops (modules.resample).
+M^r = grid_sample(M, affine_grid(theta)) is materialised with eager torch ops (modules.resample);
+rotation_free=True (the transformer never rotates) takes theta's off-diagonal entries as 0, as VCN does.
 """
 
 import torch
@@ -28,8 +29,8 @@ class GPHead(nn.Module):
         super().__init__()
         self.out_features = channels
 
-    def forward(self, M, theta=None):
-        _, gpool = ops.channel_pool(affine_resample(M, theta))
+    def forward(self, M, theta=None, rotation_free=False):
+        _, gpool = ops.channel_pool(affine_resample(M, theta, rotation_free))
         return gpool
 
 
@@ -42,8 +43,8 @@ class FCHead(nn.Module):
         self.pool = GPHead(channels)
         self.fc = nn.Linear(channels, out_features, bias=False)
 
-    def forward(self, M, theta=None):
-        return self.fc(self.pool(M, theta))
+    def forward(self, M, theta=None, rotation_free=False):
+        return self.fc(self.pool(M, theta, rotation_free))
 
 
 class MGNStripeHead(nn.Module):
@@ -57,8 +58,8 @@ class MGNStripeHead(nn.Module):
         self.granularities = tuple(granularities)
         self.out_features = channels * sum(self.granularities)
 
-    def forward(self, M, theta=None):
-        refined = affine_resample(M, theta)
+    def forward(self, M, theta=None, rotation_free=False):
+        refined = affine_resample(M, theta, rotation_free)
         # adaptive pooling cuts H into near-equal bands, as MGN cuts its map (exactly equal when H divides).
         stripes = [F.adaptive_max_pool2d(refined, (parts, 1)).flatten(2) for parts in self.granularities]
         # (B, C, parts) -> (B, parts, C): the feature of stripe i is the i-th block of C values.

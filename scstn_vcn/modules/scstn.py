@@ -21,6 +21,9 @@ Variants for Table 3:
 Identity at initialisation: BN2's weight starts at 0, so BN2's output is its bias (0), x = 0, and
 theta = [[1, 0, 0], [0, 1, 0]] whatever the input; the branch then learns to move away from the
 identity, which is a safe start (the VCN first sees the unrefined map).
+
+rotation_free = True: theta's off-diagonal entries are 0 by construction (in every variant), so the model
+resamples with the separable path (ops.affine_hpool(..., rotation_free=True)).
 """
 
 import torch
@@ -39,6 +42,7 @@ class SCSTN(nn.Module):
         self.height, self.width = height, width
         self.eps_max = float(eps_max)
         self.learn_eps = bool(learn_eps)
+        self.rotation_free = True  # Eq. 5 has no rotation or shear term
         outputs = 5 if self.learn_eps else 4
         self.fc1 = nn.Linear(height * width, hidden)
         self.bn1 = nn.BatchNorm1d(hidden)

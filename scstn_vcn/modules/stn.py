@@ -11,6 +11,9 @@ affine factors are learned directly (Fig. 3, top),
 
 Writing theta as identity + x (BN2's weight at 0) starts it at the identity like SC-STN, so the two
 differ only in the constraint, which is what the ablation measures.
+
+rotation_free (= not rotation) tells the model that theta's off-diagonal entries are 0 by construction,
+so that it resamples with the separable path (ops.affine_hpool(..., rotation_free=True)).
 """
 
 import torch
@@ -26,6 +29,7 @@ class STN(nn.Module):
             raise ValueError(f"height and width must be the positive feature-map size, got {height} x {width}")
         self.height, self.width = height, width
         self.rotation = bool(rotation)
+        self.rotation_free = not self.rotation
         outputs = 6 if self.rotation else 4
         self.fc1 = nn.Linear(height * width, hidden)
         self.bn1 = nn.BatchNorm1d(hidden)

@@ -7,7 +7,9 @@ r"""VCN: the vertical convolution network (Sec. 3.2, Eq. 6-7) and the two varian
 VCN            delta (C, K, H): K kernels per channel, independent across channels (the paper's).
                F comes from ops.affine_hpool(M, theta) (resampling fused with the pooling: M^r is never
                stored) and f from ops.vertical_proj; both with backend=None so ops.set_backend switches
-               them. Without an STN (theta=None, "Baseline+VCN") F is pooled from M with eager torch ops.
+               them. rotation_free=True (the transformer never rotates: SC-STN) runs affine_hpool's
+               separable path (ops.affine_hpool(M, theta, rotation_free=True)). Without an STN
+               (theta=None, "Baseline+VCN") F is pooled from M with eager torch ops.
 SharedVCN      "VCN (shared)": one set of K kernels delta (K, H) for all channels,
                f^c(k) = \sum_h F(c, h) delta_k(h).
 VCNNoHPool     "VCN (w/o HP)": no horizontal pooling; the kernels cover the whole refined map,
@@ -71,14 +73,15 @@ class VCN(nn.Module):
         self.delta = nn.Parameter(torch.empty(channels, num_kernels, height))
         _init_delta(self.delta, height, delta_init, height)
 
-    def pooled(self, M, theta):
-        """F (B, C, H): Eq. 6 on M resampled by theta (fused), or on M itself when theta is None."""
+    def pooled(self, M, theta, rotation_free=False):
+        """F (B, C, H): Eq. 6 on M resampled by theta (fused), or on M itself when theta is None.
+        rotation_free: theta has no rotation or shear by construction (the separable path)."""
         if theta is None:
             return horizontal_pool(M)
-        return ops.affine_hpool(M, theta)
+        return ops.affine_hpool(M, theta, rotation_free=rotation_free)
 
-    def forward(self, M, theta=None):
-        F = self.pooled(M, theta)
+    def forward(self, M, theta=None, rotation_free=False):
+        F = self.pooled(M, theta, rotation_free)
         return ops.vertical_proj(F, self.delta).flatten(1)
 
 
@@ -92,8 +95,8 @@ class SharedVCN(VCN):
         self.delta = nn.Parameter(torch.empty(num_kernels, height))
         _init_delta(self.delta, height, delta_init, height)
 
-    def forward(self, M, theta=None):
-        F = self.pooled(M, theta)
+    def forward(self, M, theta=None, rotation_free=False):
+        F = self.pooled(M, theta, rotation_free)
         return torch.einsum("bch,kh->bck", F, self.delta.to(F.dtype)).flatten(1)
 
 
@@ -107,6 +110,6 @@ class VCNNoHPool(nn.Module):
         self.delta = nn.Parameter(torch.empty(channels, num_kernels, height, width))
         _init_delta(self.delta, height * width, delta_init, height)
 
-    def forward(self, M, theta=None):
-        refined = affine_resample(M, theta)
+    def forward(self, M, theta=None, rotation_free=False):
+        refined = affine_resample(M, theta, rotation_free)
         return torch.einsum("bchw,ckhw->bck", refined, self.delta.to(refined.dtype)).flatten(1)

@@ -20,7 +20,7 @@ BACKENDS = ("eager", "triton", "native")
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 _NATIVE_OPS = tuple(
     f"scstn_vcn::{op}{suffix}"
-    for op in ("channel_pool", "affine_hpool", "vertical_proj")
+    for op in ("channel_pool", "affine_hpool", "affine_hpool_separable", "vertical_proj")
     for suffix in ("", "_backward")
 )
 _setting = {"backend": "eager"}

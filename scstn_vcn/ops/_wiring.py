@@ -14,7 +14,10 @@ import importlib
 import torch
 
 # By module path: the package re-exports functions of the same names as these modules.
-OPS = {op: importlib.import_module(f"scstn_vcn.ops.{op}") for op in ("channel_pool", "affine_hpool", "vertical_proj")}
+OPS = {
+    op: importlib.import_module(f"scstn_vcn.ops.{op}")
+    for op in ("channel_pool", "affine_hpool", "affine_hpool_separable", "vertical_proj")
+}
 
 # The same signatures as the TORCH_LIBRARY block in csrc/scstn_vcn.cpp (keep the two in step).
 SCHEMAS = {
@@ -22,6 +25,8 @@ SCHEMAS = {
     "channel_pool_backward": "(Tensor grad_cmean, Tensor grad_gpool, Tensor argmax, Tensor x) -> Tensor",
     "affine_hpool": "(Tensor x, Tensor theta) -> (Tensor, Tensor)",
     "affine_hpool_backward": "(Tensor grad_out, Tensor x, Tensor theta, Tensor argmax) -> (Tensor, Tensor)",
+    "affine_hpool_separable": "(Tensor x, Tensor theta) -> (Tensor, Tensor)",
+    "affine_hpool_separable_backward": "(Tensor grad_out, Tensor x, Tensor theta, Tensor argmax) -> (Tensor, Tensor)",
     "vertical_proj": "(Tensor F, Tensor delta) -> Tensor",
     "vertical_proj_backward": "(Tensor grad_f, Tensor F, Tensor delta) -> (Tensor, Tensor)",
 }

@@ -27,6 +27,7 @@ reaches a kernel, and its gradient flows back through that cast.
 import torch
 import torch.nn.functional as F
 
+import scstn_vcn.ops.affine_hpool_separable as separable
 from scstn_vcn.ops._backend import resolve
 from scstn_vcn.ops._checks import check_same_device, check_size, check_tensor, compute_dtype
 
@@ -69,11 +70,17 @@ def check_inputs(x, theta):
     check_same_device(x=x, theta=theta)
 
 
-def affine_hpool(x, theta, *, backend=None):
+def affine_hpool(x, theta, *, rotation_free=False, backend=None):
     """out (B, C, H): horizontal mean + max of x (B, C, H, W) resampled by the affine theta (B, 2, 3).
 
+    rotation_free: True computes the op for theta with its off-diagonal entries theta[:, 0, 1] and
+        theta[:, 1, 0] taken as 0 (not read; their gradient is 0), by the separable row/column
+        interpolation of ops.affine_hpool_separable -- for a transformer that never rotates (SC-STN).
+        The caller decides; theta's values are never inspected (no device-to-host sync).
     backend: "eager", "triton" or "native"; None takes the process-wide setting (set_backend).
     """
+    if rotation_free:
+        return separable.affine_hpool_separable(x, theta, backend=backend)
     check_inputs(x, theta)
     name = resolve(backend, x.device)
     if name == "eager":
