@@ -14,39 +14,24 @@ MSMT17 scale, 11,659 x 82,161 (skipped without a GPU).
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 import torch
 
+from bench_utils import reset_peak_rss, status_kib
 from scstn_vcn.metrics import DEFAULT_CHUNK_SIZE, cosine_distance, evaluate_features, evaluate_rank_full
 
 DIMS = {"global": 2048, "spatial": 12288}
 MSMT17_QUERY, MSMT17_GALLERY, MSMT17_IDS, MSMT17_CAMS = 11659, 82161, 3060, 15
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
-
-
-def _can_reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _measure_cpu(fn):
     """Run fn(); return (result, peak extra RSS in MiB or None where the peak cannot be reset)."""
-    if not _can_reset_peak_rss():
+    if not reset_peak_rss():
         return fn(), None
-    base = _status_kib("VmRSS")
+    base = status_kib("VmRSS")
     out = fn()
-    return out, (_status_kib("VmHWM") - base) / 1024
+    return out, (status_kib("VmHWM") - base) / 1024
 
 
 def _ids(rng, num_q, num_g, num_ids, num_cams):

@@ -5,6 +5,11 @@ all inputs) with the device synchronised inside the timed function, and records 
   min_bytes  the op's minimum memory traffic (benchmarks/bench_utils.py: inputs read once, outputs once)
   gbps       min_bytes / median time, in GB/s
   speedup    eager median / this median, the eager median measured in the same session
+On CUDA pytest-benchmark's time is the host-inclusive wall time (L2 flushed and the GPU idle before each
+round), while gbps and speedup use the kernel time (CUDA events, bench_utils.cuda_times), recorded with
+kernel_us, wall_us, copy_gbps (measured device-to-device copy bandwidth), floor_us (min_bytes at that
+bandwidth) and floor_pct (floor / kernel time). benchmarks/gpu_check.sh runs these measurements as one
+command on a GPU.
 
 Cases:
   cuda  shapes (O) 96x2048x24x8 and (M) 96x2048x48x16, float32 and bfloat16, every backend
@@ -22,7 +27,18 @@ import itertools
 import pytest
 import torch
 
-from bench_utils import OPS, make_inputs, make_step, median_seconds, min_bytes
+from bench_utils import (
+    OPS,
+    copy_bandwidth_gbps,
+    cuda_times,
+    floor_seconds,
+    flush_l2,
+    make_inputs,
+    make_step,
+    median,
+    median_seconds,
+    min_bytes,
+)
 from scstn_vcn import ops
 
 HAS_CUDA = torch.cuda.is_available()
@@ -80,17 +96,28 @@ def test_bench_op(benchmark, eager_medians, device, op, shape, dtype, mode, back
     step = make_step(op, backend, inputs, mode)
     step()  # warm-up outside the timing: Triton/inductor compilation, allocator
     rounds = _rounds(device, shape, backend)
-    benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1 if device == "cuda" else 0)
+    if device == "cuda":
+        # pytest-benchmark's figure on CUDA: the host-inclusive wall time, from an idle GPU with L2 flushed
+        def setup():
+            flush_l2(device)
+            torch.cuda.synchronize()
+
+        benchmark.pedantic(step, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
+    else:
+        benchmark.pedantic(step, rounds=rounds, iterations=1)
 
     stats = getattr(benchmark, "stats", None)
     if stats is None:  # --benchmark-disable: ran once, nothing to record
         return
-    median = stats.stats.median
+    wall = stats.stats.median
+    # the figure compared: on CUDA the kernel time (CUDA events, L2 flushed), on the CPU the wall time
+    seconds = _kernel_seconds(op, backend, inputs, mode, rounds) if device == "cuda" else wall
     key = (device, op, shape, dtype, mode)
     if backend == "eager":
-        eager_medians[key] = median
+        eager_medians[key] = seconds
     elif key not in eager_medians:  # eager deselected (-k): measure it here, untimed by pytest-benchmark
-        eager_medians[key] = median_seconds(make_step(op, "eager", inputs, mode), rounds)
+        eager_medians[key] = (_kernel_seconds(op, "eager", inputs, mode, rounds) if device == "cuda"
+                              else median_seconds(make_step(op, "eager", inputs, mode), rounds))
     nbytes = min_bytes(op, SHAPES[shape], dtype, mode)
     benchmark.extra_info.update(
         {
@@ -101,7 +128,25 @@ def test_bench_op(benchmark, eager_medians, device, op, shape, dtype, mode, back
             "mode": mode,
             "backend": backend,
             "min_bytes": nbytes,
-            "gbps": nbytes / median / 1e9,
-            "speedup": eager_medians[key] / median,
+            "gbps": nbytes / seconds / 1e9,
+            "speedup": eager_medians[key] / seconds,
         }
     )
+    if device == "cuda":
+        copy_gbps = copy_bandwidth_gbps(device)
+        floor = floor_seconds(nbytes, copy_gbps)
+        benchmark.extra_info.update(
+            {
+                "kernel_us": seconds * 1e6,
+                "wall_us": wall * 1e6,
+                "copy_gbps": copy_gbps,
+                "floor_us": floor * 1e6,
+                "floor_pct": 100 * floor / seconds,
+            }
+        )
+
+
+def _kernel_seconds(op, backend, inputs, mode, rounds):
+    """Median CUDA-event time of the op's kernels (bench_utils.cuda_times, L2 flushed before each call)."""
+    kernel, _ = cuda_times(make_step(op, backend, inputs, mode, synchronize=False), rounds, "cuda", wall=False)
+    return median(kernel)
