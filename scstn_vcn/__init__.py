@@ -4,3 +4,15 @@ vertical convolution network (VCN) on a ResNet-50, with fused Triton and C++/CUD
 import torch  # noqa: F401  (loads libtorch before the compiled extension scstn_vcn._C can be imported)
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # FeatureExtractor is imported on first use, so `import scstn_vcn` (and the CLI's start-up) stays light.
+    if name == "FeatureExtractor":
+        from scstn_vcn.extractor import FeatureExtractor
+
+        return FeatureExtractor
+    raise AttributeError(f"module 'scstn_vcn' has no attribute {name!r}")
+
+
+__all__ = ["FeatureExtractor", "__version__"]

@@ -20,9 +20,18 @@ FIGURES = ("curves", "ranked", "alignment", "heatmap")
 
 
 def _save(fig, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    """Write the figure to a temporary file beside `path` and rename it: never a half-written image."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    root, ext = os.path.splitext(os.path.basename(path))
+    tmp = os.path.join(folder, f".{root}.tmp{os.getpid()}{ext or '.png'}")
+    try:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format=(ext.lstrip(".") or "png"))
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 

@@ -104,6 +104,23 @@ def test_rll_is_scale_invariant_and_differentiable():
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
+def test_rll_keeps_float64_and_upcasts_half_precision():
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    x64 = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    loss = RankedListLoss(detach_weights=False)(x64, labels)
+    assert loss.dtype == torch.float64
+    loss.backward()
+    assert x64.grad.dtype == torch.float64
+    # Finite differences at float64 precision agree only if the loss is computed in float64 throughout.
+    assert torch.autograd.gradcheck(lambda x: RankedListLoss(detach_weights=False)(x, labels), (x64.detach().requires_grad_(),))
+    for low in (torch.float16, torch.bfloat16):
+        xl = x64.detach().to(low)
+        value = RankedListLoss()(xl, labels)
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, RankedListLoss()(xl.float(), labels), rtol=0, atol=0)
+
+
 def test_rll_zero_when_every_constraint_holds():
     # positives 10 degrees apart (d = 0.17 < 0.8), negatives 180 degrees apart (d = 2 > 1.2)
     loss = RankedListLoss()(_unit(0, 10, 180, 190), torch.tensor([0, 0, 1, 1]))
@@ -149,3 +166,13 @@ def test_reid_loss_rejects_eval_outputs():
         ReIDLoss(4)({"global": torch.randn(6, 8)}, torch.zeros(6, dtype=torch.long))
     with pytest.raises(ValueError, match="neither"):
         ReIDLoss(4)({"theta": torch.zeros(6, 2, 3)}, torch.zeros(6, dtype=torch.long))
+
+
+def test_label_smoothing_keeps_float64():
+    """float64 logits are not rounded to float32: the loss and its gradient stay float64 and pass gradcheck."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 7, (5,), generator=gen)
+    loss_fn = CrossEntropyLabelSmooth(7, 0.1)
+    assert loss_fn(logits, labels).dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda z: loss_fn(z, labels), (logits,))

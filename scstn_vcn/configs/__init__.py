@@ -21,7 +21,9 @@ DEFAULTS = {
     "model": {
         "backbone": "resnet50",
         "variant": "O",
-        "pretrained": None,  # path to ImageNet weights for the backbone (nothing downloads)
+        # Backbone weights: imagenet | imagenet-v2 (torchvision's, from the torch.hub cache), a state-dict
+        # file path, or None (from scratch). The paper presets say imagenet.
+        "pretrained": None,
         "ablation": None,  # a key of scstn_vcn.models.ABLATIONS, or None for the full model
         "kwargs": {},  # extra Table 3 keyword arguments for build_model
     },
@@ -181,6 +183,12 @@ def load_config(name_or_path=None, overrides=()):
     return config
 
 
+def config_from_saved(saved, overrides=()):
+    """DEFAULTS <- a config saved with a run (a checkpoint's "config") <- overrides, validated: keys
+    added to DEFAULTS after the run was saved get their defaults."""
+    return validate(apply_overrides(merge(DEFAULTS, saved), overrides))
+
+
 def apply_overrides(config, overrides):
     """Apply "section.key=value" strings or (parts, value) pairs to `config` in place; returns it."""
     for item in overrides:
@@ -197,6 +205,12 @@ def validate(config):
     model, data, train, optim = config["model"], config["data"], config["train"], config["optim"]
     if model["variant"] not in ("O", "M"):
         raise ConfigError(f"model.variant must be 'O' or 'M', got {model['variant']!r}")
+    pretrained = model.get("pretrained")
+    if pretrained is not None and not isinstance(pretrained, (str, os.PathLike)):
+        raise ConfigError(f"model.pretrained must be imagenet, imagenet-v2, a file path or null, got {pretrained!r}")
+    if pretrained in ("imagenet", "imagenet-v2") and model["backbone"] not in ("resnet18", "resnet34", "resnet50"):
+        raise ConfigError(f"model.pretrained={pretrained}: the {model['backbone']!r} backbone has no ImageNet weights; "
+                          f"set model.pretrained=null to train it from scratch")
     if train["amp"] is False:  # YAML 1.1 reads an unquoted `off` as false
         train["amp"] = "off"
     if train["amp"] not in ("bf16", "fp16", "off"):

@@ -26,11 +26,12 @@ def ablation_kwargs(config):
 def build_model_from_config(config, num_classes, pretrained=True):
     """The model of `config` with `num_classes` identities. `pretrained=False` skips the ImageNet
     weights (loading a checkpoint replaces them anyway)."""
-    from scstn_vcn.models import build_model
+    from scstn_vcn.models import IMAGENET_WEIGHTS, build_model
 
     weights = config["model"].get("pretrained") if pretrained else None
-    if weights is not None and not os.path.isfile(weights):
-        raise FileNotFoundError(f"model.pretrained: no such file {weights} (expected ImageNet backbone weights, a .pth file)")
+    if weights is not None and weights not in IMAGENET_WEIGHTS and not os.path.isfile(weights):
+        raise FileNotFoundError(f"model.pretrained: no such file {weights} (expected ImageNet backbone weights: "
+                                f"{' or '.join(IMAGENET_WEIGHTS)} from the torch.hub cache, or a .pth file)")
     return build_model(
         num_classes,
         backbone=config["model"]["backbone"],

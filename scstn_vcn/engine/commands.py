@@ -1,11 +1,13 @@
-"""The CLI's sub-commands; each takes the parsed argparse namespace (see scstn_vcn/cli.py)."""
+"""The CLI's sub-commands; each takes the parsed argparse namespace (see scstn_vcn/cli.py).
+
+`scstn-vcn demo` lives in engine/demo.py, which builds on this module (never the other way round)."""
 
 import os
 import time
 
 import torch
 
-from scstn_vcn.configs import load_config, model_identity
+from scstn_vcn.configs import config_from_saved, load_config, model_identity
 from scstn_vcn.engine import checkpoint as ckpt
 from scstn_vcn.engine.errors import UsageError
 
@@ -40,7 +42,7 @@ def train(args):
     if args.resume and not args.config:
         # Continue the run as it was configured; flags and --set still override.
         state = ckpt.load_checkpoint(args.resume)
-        config = _config_from_checkpoint(state, config_overrides(args, extra))
+        config = config_from_saved(state["config"], config_overrides(args, extra))
     else:
         config = load_config(args.config, config_overrides(args, extra))
     trainer = Trainer(config, resume=args.resume, progress=not args.no_progress)
@@ -57,12 +59,6 @@ def train(args):
     return 0
 
 
-def _config_from_checkpoint(state, overrides):
-    from scstn_vcn.configs import DEFAULTS, apply_overrides, merge, validate
-
-    return validate(apply_overrides(merge(DEFAULTS, state["config"]), overrides))
-
-
 def load_model_for_inference(args, need_data=True):
     """(config, model, dataset or None, device) for a --checkpoint, its weights loaded, eval mode."""
     from scstn_vcn.engine.builders import build_dataset_from_config, build_model_from_config
@@ -72,7 +68,7 @@ def load_model_for_inference(args, need_data=True):
     if getattr(args, "config", None):
         config = load_config(args.config, config_overrides(args))
     else:
-        config = _config_from_checkpoint(state, config_overrides(args))
+        config = config_from_saved(state["config"], config_overrides(args))
     device = resolve_device(config["train"]["device"])
     if int(config["train"].get("threads") or 0) > 0:
         torch.set_num_threads(int(config["train"]["threads"]))
@@ -157,7 +153,85 @@ def visualize(args):
     return 0
 
 
-def demo(args):
-    from scstn_vcn.engine.demo import run_demo
+def _feature_extractor(args):
+    """A FeatureExtractor for --checkpoint with the command's --device / --amp / --fused / --kernels."""
+    from scstn_vcn.engine.runtime import resolve_device
+    from scstn_vcn.extractor import FeatureExtractor
 
-    return run_demo(args)
+    device = resolve_device(args.device or "auto")
+    if args.kernels is not None and not args.fused:
+        raise UsageError(f"--kernels {args.kernels} only applies with --fused (the default runs the eager ops)")
+    backend = (args.kernels or ("triton" if device.type == "cuda" else "native")) if args.fused else "eager"
+    extractor = FeatureExtractor(args.checkpoint, device=str(device), backend=backend, batch_size=args.batch_size,
+                                 amp=args.amp or "off")
+    print(extractor)
+    return extractor
+
+
+def _progress(total, desc, disable):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=disable, dynamic_ncols=True, leave=False)
+
+
+def _write_npz_atomically(path, arrays):
+    """np.savez into a temporary file beside `path`, then rename: `path` is never half-written."""
+    import tempfile
+
+    import numpy as np
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:  # a file object: savez adds no ".npz" to the name
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def extract(args):
+    """Features of a folder / glob / list of images -> .npz with paths, global, spatial."""
+    import numpy as np
+
+    from scstn_vcn.engine.image_inputs import list_images
+
+    paths = list_images(args.images, "--images")
+    extractor = _feature_extractor(args)
+    with _progress(len(paths), "extract", args.no_progress) as bar:
+        feats = extractor.extract(paths, progress=bar)
+    arrays = {"paths": np.array(paths, dtype=str)}
+    arrays.update({name: value.numpy() for name, value in feats.items()})
+    _write_npz_atomically(args.output, arrays)
+    sizes = ", ".join(f"{name} {value.shape[1]}" for name, value in feats.items())
+    print(f"wrote the features of {len(paths)} images ({sizes}) to {args.output}")
+    return 0
+
+
+def search(args):
+    """Rank a gallery against one query image; print the top k and draw them."""
+    from scstn_vcn.engine.image_inputs import list_images
+    from scstn_vcn.engine.search import draw_ranked, rank_gallery
+
+    if args.topk < 1:
+        raise UsageError(f"--topk must be a positive integer, got {args.topk}")
+    if not os.path.isfile(args.query):
+        raise FileNotFoundError(f"--query {args.query}: no such image file")
+    gallery = list_images(args.gallery, "--gallery")
+    extractor = _feature_extractor(args)
+    query_feats = extractor.extract([args.query])
+    with _progress(len(gallery), "gallery", args.no_progress) as bar:
+        gallery_feats = extractor.extract(gallery, progress=bar)
+    distances = extractor.distance(query_feats, gallery_feats)[0]
+    ranked = rank_gallery(distances, gallery, args.query, args.topk)
+    branch = "fusion" if len(extractor.feature_names) > 1 else extractor.feature_names[0]
+    print(f"top {len(ranked)} of {len(gallery)} gallery images for {args.query} ({branch} cosine distance):")
+    for rank, index, dist in ranked:
+        print(f"{rank:>4}  {dist:.4f}  {gallery[index]}")
+    height, width = extractor.input_size
+    draw_ranked(args.query, gallery, ranked, height, width, args.output, branch)
+    print(f"wrote {args.output}")
+    return 0

@@ -34,7 +34,9 @@ class CrossEntropyLabelSmooth(nn.Module):
         # the value check is skipped while torch.compile traces, where it would break the graph.
         if not torch.compiler.is_compiling() and labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"labels must be in [0, {self.num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]")
-        log_p = torch.log_softmax(logits.float(), dim=1)
+        # float16/bfloat16 logits are upcast for the log-softmax; float32 and float64 keep their precision
+        compute = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        log_p = torch.log_softmax(compute, dim=1)
         # -sum_n q_n log p_n = (1 - eps) * (-log p_y) + eps * mean_n(-log p_n)
         nll = -log_p.gather(1, labels.view(-1, 1)).squeeze(1)
         uniform = -log_p.mean(dim=1)

@@ -43,10 +43,16 @@ class RankedListLoss(nn.Module):
             raise ValueError(f"features must have shape (B, D), got {tuple(features.shape)}")
         if labels.shape != features.shape[:1]:
             raise ValueError(f"labels must have shape (B,) = ({features.shape[0]},), got {tuple(labels.shape)}")
-        x = F.normalize(features.float(), dim=1)
-        # d^2 = 2 - 2 cos for unit vectors; clamp before sqrt (0 on the diagonal has an infinite
-        # derivative, and rounding can make d^2 slightly negative).
-        dist = (2.0 - 2.0 * x @ x.t()).clamp_min(1e-12).sqrt()
+        # float32 and float64 features keep their precision; half / bfloat16 are upcast, as their
+        # rounding (about 1e-2 on distances in [0, 2]) is as large as the margins being compared.
+        if features.dtype in (torch.float16, torch.bfloat16) or not features.is_floating_point():
+            features = features.float()
+        # Autocast (CUDA training with --amp) would run the Gram matrix below in half precision again.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            x = F.normalize(features, dim=1)
+            # d^2 = 2 - 2 cos for unit vectors; clamp before sqrt (0 on the diagonal has an infinite
+            # derivative, and rounding can make d^2 slightly negative).
+            dist = (2.0 - 2.0 * x @ x.t()).clamp_min(1e-12).sqrt()
         same = labels.view(-1, 1) == labels.view(1, -1)
         eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
         pos, neg = same & ~eye, ~same

@@ -9,11 +9,19 @@ Each stride-2 stage maps a side n to ceil(n / 2) (conv1 7x7/2 pad 3, maxpool 3x3
 convs), so the map is ceil(in / output_stride) on each side; `feature_size` says it without running.
 
 The backbone's parameter names are torchvision's (conv1, bn1, layer1..layer4), so a torchvision ResNet
-state dict loads into it directly (`pretrained=` a file path; nothing is downloaded).
+state dict loads into it directly. `pretrained=` is one of
+  None           random initialisation (train from scratch);
+  "imagenet"     torchvision's IMAGENET1K_V1 weights (resnet50-0676ba61.pth for ResNet-50: the weights
+                 ReID baselines start from), "imagenet-v2" its IMAGENET1K_V2 weights (ResNet-50 only),
+                 both through torchvision's weights API, i.e. the torch.hub cache
+                 ($TORCH_HOME/hub/checkpoints/), which downloads the file once when a network is there;
+  a file path    a torchvision ResNet state-dict file.
 """
 
+import http.client
 import math
 import os
+import urllib.parse
 
 import torch
 import torchvision
@@ -23,6 +31,15 @@ RESNETS = {"resnet18": torchvision.models.resnet18, "resnet34": torchvision.mode
            "resnet50": torchvision.models.resnet50}
 BACKBONES = (*RESNETS, "tiny")
 VARIANTS = ("O", "M")
+# model.pretrained names -> the member of torchvision's weights enum they stand for.
+IMAGENET_WEIGHTS = {"imagenet": "IMAGENET1K_V1", "imagenet-v2": "IMAGENET1K_V2"}
+_WEIGHT_ENUMS = {"resnet18": torchvision.models.ResNet18_Weights, "resnet34": torchvision.models.ResNet34_Weights,
+                 "resnet50": torchvision.models.ResNet50_Weights}
+
+
+class PretrainedWeightsError(FileNotFoundError):
+    """ImageNet weights asked for by name are neither in the torch.hub cache nor downloadable;
+    the message names the file and the folder to put it in."""
 
 
 def _dilate_stage(stage, previous_dilation, dilation):
@@ -100,19 +117,12 @@ def _tiny_parts(width=16):
     return stem, layers, widths[-1]
 
 
-def load_pretrained(backbone, path):
-    """Load a torchvision ResNet state dict from the file `path` into `backbone` (fc.* ignored)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained: no such file {path!r} (expected a torchvision ResNet state-dict file)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a corrupt or non-torch file: say which file, keep the cause
-        raise ValueError(f"pretrained: could not read {path!r} as a torch state-dict file: {error}") from error
+def _apply_state_dict(backbone, state, source):
+    """Load a torchvision ResNet state dict (fc.* ignored) into `backbone`; `source` names it in errors."""
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"pretrained: {path!r} does not hold a state dict (a mapping of names to tensors)")
+        raise ValueError(f"pretrained: {source} does not hold a state dict (a mapping of names to tensors)")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     own = backbone.state_dict()
     missing = sorted(set(own) - set(state))
@@ -130,19 +140,86 @@ def load_pretrained(backbone, path):
         if mismatched:
             details.append("shape mismatches: " + some([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched]))
         raise ValueError(
-            f"pretrained: {path!r} does not match the {backbone.name} backbone ({'; '.join(details)}); "
+            f"pretrained: {source} does not match the {backbone.name} backbone ({'; '.join(details)}); "
             f"expected a torchvision {backbone.name} state dict"
         )
     backbone.load_state_dict(state, strict=True)
     return backbone
 
 
+def load_pretrained(backbone, path):
+    """Load a torchvision ResNet state dict from the file `path` into `backbone` (fc.* ignored)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained: no such file {path!r} (expected a torchvision ResNet state-dict file)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt or non-torch file: say which file, keep the cause
+        raise ValueError(f"pretrained: could not read {path!r} as a torch state-dict file: {error}") from error
+    return _apply_state_dict(backbone, state, repr(path))
+
+
+def imagenet_weights(name, which="imagenet"):
+    """torchvision's weights enum member for backbone `name` and `which` (a key of IMAGENET_WEIGHTS)."""
+    if which not in IMAGENET_WEIGHTS:
+        raise ValueError(f"pretrained: unknown weights name {which!r}; expected one of "
+                         f"{', '.join(map(repr, IMAGENET_WEIGHTS))}, a state-dict file path, or None")
+    if name not in _WEIGHT_ENUMS:
+        raise ValueError(f"pretrained={which!r}: the {name!r} backbone has no ImageNet weights (only "
+                         f"{', '.join(_WEIGHT_ENUMS)} do); train it from scratch "
+                         f"(pretrained None / model.pretrained: null)")
+    enum = _WEIGHT_ENUMS[name]
+    member = IMAGENET_WEIGHTS[which]
+    if member not in enum.__members__:
+        offered = [w for w, m in IMAGENET_WEIGHTS.items() if m in enum.__members__]
+        raise ValueError(f"pretrained={which!r}: torchvision has no {member} weights for {name}; "
+                         f"it offers {', '.join(map(repr, offered))}")
+    return enum[member]
+
+
+def imagenet_cache_file(name, which="imagenet"):
+    """Where torch.hub keeps (or would download) the weights file: $TORCH_HOME/hub/checkpoints/<file>."""
+    url = imagenet_weights(name, which).url
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urllib.parse.urlparse(url).path))
+
+
+def load_imagenet(backbone, which="imagenet", progress=True):
+    """Load torchvision's ImageNet weights `which` into `backbone` through its weights API (torch.hub cache).
+
+    A missing file is downloaded once when a network is there; when that fails (offline machine,
+    proxy, HTTP error) the error is one PretrainedWeightsError naming the file, its URL and the
+    folder to put it in, not the network library's traceback.
+    """
+    weights = imagenet_weights(backbone.name, which)
+    cached = imagenet_cache_file(backbone.name, which)
+    was_cached = os.path.isfile(cached)
+    try:
+        state = weights.get_state_dict(progress=progress, map_location="cpu")
+    except (OSError, http.client.HTTPException) as error:
+        if was_cached:
+            raise ValueError(f"pretrained={which!r}: could not read the cached weights {cached} ({error}); "
+                             f"delete the file to fetch it again") from None
+        reason = getattr(error, "reason", None) or error
+        raise PretrainedWeightsError(
+            f"pretrained={which!r}: the {backbone.name} ImageNet weights {os.path.basename(cached)} are not in "
+            f"{os.path.dirname(cached)} and could not be downloaded ({reason}); put {weights.url} there "
+            f"(the folder follows $TORCH_HOME), or give model.pretrained a file path, or null to train from scratch"
+        ) from None
+    except Exception as error:  # a truncated or garbled cached file: torch.load's various errors
+        raise ValueError(f"pretrained={which!r}: could not read the cached weights {cached} "
+                         f"({type(error).__name__}: {error}); delete the file to fetch it again") from None
+    return _apply_state_dict(backbone, state, f"{which!r} ({cached})")
+
+
 def build_backbone(name="resnet50", variant="O", pretrained=None):
-    """A ResNetBackbone: name in BACKBONES, variant "O" (output stride 16) or "M" (dilated, stride 8)."""
+    """A ResNetBackbone: name in BACKBONES, variant "O" (output stride 16) or "M" (dilated, stride 8);
+    `pretrained`: None, "imagenet", "imagenet-v2" or a state-dict file path (see the module docstring)."""
     if name not in BACKBONES:
         raise ValueError(f"backbone must be one of {', '.join(map(repr, BACKBONES))}, got {name!r}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be 'O' (last stride 1) or 'M' (layer3/4 dilated), got {variant!r}")
+    if isinstance(pretrained, str) and pretrained in IMAGENET_WEIGHTS:
+        imagenet_weights(name, pretrained)  # refuse tiny / a missing version before building anything
     if name == "tiny":
         stem, layers, channels = _tiny_parts()
     else:
@@ -158,6 +235,8 @@ def build_backbone(name="resnet50", variant="O", pretrained=None):
         _dilate_stage(layers[3], 2, 4)
         output_stride = 8
     backbone = ResNetBackbone(name, stem, layers, channels, output_stride)
-    if pretrained is not None:
+    if isinstance(pretrained, str) and pretrained in IMAGENET_WEIGHTS:
+        load_imagenet(backbone, pretrained)
+    elif pretrained is not None:
         load_pretrained(backbone, pretrained)
     return backbone

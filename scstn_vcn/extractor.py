@@ -1,0 +1,163 @@
+"""FeatureExtractor: a trained checkpoint as a function from images to re-id features.
+
+    fe = FeatureExtractor("runs/r50o_market1501/checkpoint.pth")
+    q = fe(["query.jpg"])                     # {"global": (1, Dg), "spatial": (1, Ds)} float32 CPU
+    g = fe(gallery_paths)
+    d = fe.distance(q, g)                     # (1, len(gallery)) fused cosine distance, as evaluated
+
+The model is rebuilt from the checkpoint's own configuration (no data set is needed) and run in eval
+mode with the evaluation transform (resize to the trained input size, ImageNet normalisation), so a
+feature equals the one `scstn-vcn eval` computes for the same image file (on CUDA, `eval` autocasts
+with the run's train.amp: pass the same `amp` to get its numbers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+BRANCHES = ("global", "spatial")
+
+
+class FeatureExtractor:
+    """FeatureExtractor(checkpoint, device="auto", backend=None, batch_size=64, amp="off").
+
+    checkpoint   a checkpoint written by `scstn-vcn train` (or the demo).
+    device       "auto" (the GPU when there is one), "cpu", "cuda", "cuda:N".
+    backend      ops backend for the fused ops: "eager", "native", "triton", or None for the
+                 process-wide setting (scstn_vcn.ops.set_backend; "eager" unless changed). A backend
+                 that cannot run on the device raises BackendUnavailableError saying why.
+    batch_size   images per forward pass.
+    amp          "bf16" | "fp16" | "off": autocast on CUDA (the CPU always runs float32).
+    """
+
+    def __init__(self, checkpoint, device="auto", backend=None, batch_size=64, amp="off"):
+        from scstn_vcn import ops
+        from scstn_vcn.configs import config_from_saved, model_identity
+        from scstn_vcn.data.transforms import build_transforms
+        from scstn_vcn.engine import checkpoint as ckpt
+        from scstn_vcn.engine.builders import build_model_from_config
+        from scstn_vcn.engine.runtime import resolve_device
+        from scstn_vcn.ops._backend import check_backend_name
+
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if amp not in ("bf16", "fp16", "off"):
+            raise ValueError(f"amp must be 'bf16', 'fp16' or 'off', got {amp!r}")
+        self.checkpoint = os.fspath(checkpoint)
+        self.device = resolve_device(device)
+        if backend is not None:
+            check_backend_name(backend)
+            ok, why = ops.backend_status(backend, self.device)
+            if not ok:
+                raise ops.BackendUnavailableError(
+                    f"backend {backend!r} is not available on {self.device.type}: {why}")
+        self.backend = backend
+        self.batch_size = batch_size
+        self.amp = amp
+        state = ckpt.load_checkpoint(self.checkpoint)
+        self.config = config_from_saved(state["config"])
+        num_classes = state["identity"]["num_classes"]
+        ckpt.check_identity(self.checkpoint, state, model_identity(self.config, num_classes))
+        model = build_model_from_config(self.config, num_classes, pretrained=False)
+        ckpt.load_model_weights(self.checkpoint, state, model)
+        self.model = model.to(self.device).eval()
+        self.input_size = (int(self.config["data"]["height"]), int(self.config["data"]["width"]))
+        self.transform = build_transforms(*self.input_size, is_train=False)
+        self.feature_names = [n for n in BRANCHES if n in self.model.feature_dims]
+
+    def __repr__(self):
+        model = self.config["model"]
+        return (f"FeatureExtractor({self.checkpoint!r}, {model['backbone']}-{model['variant']}, input "
+                f"{self.input_size[0]}x{self.input_size[1]}, device={str(self.device)!r}, backend={self.backend!r})")
+
+    # ----------------------------------------------------------------------------------- input
+
+    def _image(self, item, index):
+        """One image -> the model's normalised input (3, H, W), exactly as the evaluation loader makes it."""
+        from scstn_vcn.data.image_dataset import read_image
+
+        if isinstance(item, (str, os.PathLike)):
+            image = read_image(os.fspath(item))
+        elif isinstance(item, Image.Image):
+            image = item.convert("RGB")
+        elif isinstance(item, np.ndarray):
+            if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
+                raise ValueError(f"images[{index}]: a numpy image must be uint8 RGB of shape (H, W, 3), "
+                                 f"got {item.dtype} {item.shape}")
+            # Through PIL, as a file read by the evaluator is: the resize then matches exactly.
+            image = Image.fromarray(np.ascontiguousarray(item), "RGB")
+        else:
+            raise TypeError(f"images[{index}]: expected an image path, a PIL image or a uint8 (H, W, 3) numpy "
+                            f"array, got {type(item).__name__}")
+        return self.transform(image)
+
+    def _batches(self, images):
+        """Model-input batches (B, 3, H, W) on the CPU, decoded one batch at a time."""
+        if isinstance(images, torch.Tensor):
+            if not images.is_floating_point() or images.dim() != 4 or images.shape[1] != 3:
+                raise ValueError(f"images: a tensor must be a float batch (N, 3, H, W) of normalised images, "
+                                 f"got {images.dtype} {tuple(images.shape)}")
+            if tuple(images.shape[2:]) != self.input_size:
+                raise ValueError(f"images: the model was trained on {self.input_size[0]}x{self.input_size[1]} "
+                                 f"inputs, got a {images.shape[2]}x{images.shape[3]} batch; pass paths or PIL "
+                                 f"images to have them resized")
+            for start in range(0, images.shape[0], self.batch_size):
+                yield images[start:start + self.batch_size]
+            return
+        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+            images = [images]
+        images = list(images)
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            yield torch.stack([self._image(item, start + i) for i, item in enumerate(chunk)])
+
+    # ----------------------------------------------------------------------------------- features
+
+    @torch.no_grad()
+    def extract(self, images, progress=None):
+        """{"global": (N, Dg), "spatial": (N, Ds)} float32 CPU tensors for `images` (a list of paths,
+        PIL images or uint8 (H, W, 3) RGB arrays, or a normalised float batch (N, 3, H, W));
+        `progress` (e.g. a tqdm bar) is advanced by the number of images of each batch."""
+        from scstn_vcn import ops
+        from scstn_vcn.engine.features import autocast_context
+
+        parts = {name: [] for name in self.feature_names}
+        backend = ops.use_backend(self.backend) if self.backend is not None else contextlib.nullcontext()
+        with backend:
+            for batch in self._batches(images):
+                with autocast_context(self.device, self.amp):
+                    outputs = self.model(batch.to(self.device))
+                for name in self.feature_names:
+                    parts[name].append(outputs[name].float().cpu())
+                if progress is not None:
+                    progress.update(batch.shape[0])
+        if not parts[self.feature_names[0]]:
+            raise ValueError("images: no images given")
+        return {name: torch.cat(chunks) for name, chunks in parts.items()}
+
+    __call__ = extract
+
+    def distance(self, query, gallery, branch="fusion"):
+        """(len(query), len(gallery)) cosine distance between two results of `extract`, as the
+        evaluation ranks: "fusion" is the sum of the global and spatial distances (the model's
+        branches), "global" / "spatial" one branch alone."""
+        from scstn_vcn.metrics import cosine_distance
+
+        names = self.feature_names if branch == "fusion" else [branch]
+        if branch != "fusion" and branch not in self.feature_names:
+            raise ValueError(f"branch must be 'fusion' or one of {', '.join(map(repr, self.feature_names))}, "
+                             f"got {branch!r}")
+        total = None
+        for name in names:
+            for label, feats in (("query", query), ("gallery", gallery)):
+                if not isinstance(feats, dict) or name not in feats:
+                    raise ValueError(f"{label}: expected the dict FeatureExtractor returns, with a {name!r} entry")
+            dist = cosine_distance(query[name], gallery[name])
+            # In place and in the evaluator's order (global, then spatial), so the sum rounds the same.
+            total = dist if total is None else total.add_(dist)
+        return total
