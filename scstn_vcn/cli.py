@@ -1,4 +1,4 @@
-"""Command line: `scstn-vcn {train, eval, demo, visualize, export, make-synthetic}`.
+"""Command line: `scstn-vcn {train, eval, demo, visualize, export, extract, search, make-synthetic, study}`.
 
 Mistakes in what the user gave (a missing data folder, a checkpoint of another configuration,
 an unavailable backend, a bad --set) end as one line `scstn-vcn COMMAND: error: ...` with exit code 2;
@@ -42,6 +42,14 @@ def add_runtime_args(parser):
                        help="run every op with its fused backend (triton on CUDA, native on the CPU)")
     group.add_argument("--kernels", choices=("triton", "native"), help="with --fused: which fused backend")
     group.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+
+
+def add_inference_args(parser):
+    """A trained model applied to image files (extract, search): no data set, no config."""
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint written by train or demo")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    add_runtime_args(parser)
 
 
 def build_parser():
@@ -98,10 +106,27 @@ def build_parser():
     p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (20: GridSample with the 'linear' mode name)")
 
+    p = sub.add_parser("extract", help="features of image files (a folder, glob or list) to .npz")
+    add_inference_args(p)
+    p.add_argument("--images", required=True, metavar="DIR|GLOB|LIST.txt",
+                   help="a folder (searched recursively), a quoted glob pattern, or a text file with one path a line")
+    p.add_argument("--output", required=True, metavar="NPZ", help="writes paths, global, spatial")
+
+    p = sub.add_parser("search", help="rank a gallery of images against a query image; draw the top k")
+    add_inference_args(p)
+    p.add_argument("--query", required=True, metavar="IMAGE")
+    p.add_argument("--gallery", required=True, metavar="DIR|GLOB|LIST.txt")
+    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--output", default="ranked.png", metavar="PNG", help="the figure (default ranked.png)")
+
     from scstn_vcn.data.synthetic_cli import build_parser as synthetic_parser
 
     p = synthetic_parser(sub.add_parser("make-synthetic", help="write a small synthetic re-id data set"))
     p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+
+    from scstn_vcn.engine.study import add_study_parser
+
+    add_study_parser(sub)
     return parser
 
 
@@ -109,14 +134,20 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     from scstn_vcn.engine import commands
+    from scstn_vcn.engine.demo import run_demo
+    from scstn_vcn.engine.study import run_study
+    from scstn_vcn.data.synthetic_cli import run as synthetic_run
 
     handler = {
         "train": commands.train,
         "eval": commands.evaluate,
-        "demo": commands.demo,
+        "demo": run_demo,
+        "extract": commands.extract,
+        "search": commands.search,
         "visualize": commands.visualize,
         "export": commands.export,
-        "make-synthetic": commands.make_synthetic,
+        "make-synthetic": synthetic_run,
+        "study": run_study,
     }[args.command]
     try:
         return handler(args) or 0

@@ -45,6 +45,25 @@ def test_demo_prints_the_table_and_writes_the_figures(demo_run):
     assert (out / "data" / "synthetic.json").is_file()
 
 
+def test_demo_names_what_its_numbers_depend_on(demo_run, tmp_path):
+    from scstn_vcn.engine.demo import data_digest
+
+    _, printed, out = demo_run
+    line = next(line for line in printed.splitlines() if line.startswith("these numbers repeat for:"))
+    count, digest = data_digest(str(out / "data"))
+    results = json.loads((out / "run" / "results.json").read_text())
+    assert f"data {count} images sha256 {digest[:12]}" in line and f"torch {torch.__version__}" in line
+    assert results["data_sha256"] == digest and results["data_images"] == count > 0
+    assert results["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and results["threads"] == 1
+    # The digest covers names and bytes.
+    (tmp_path / "a.jpg").write_bytes(b"1")
+    first = data_digest(str(tmp_path))
+    (tmp_path / "a.jpg").write_bytes(b"2")
+    second = data_digest(str(tmp_path))
+    (tmp_path / "a.jpg").rename(tmp_path / "b.jpg")
+    assert len({first, second, data_digest(str(tmp_path))}) == 3
+
+
 def test_eval_prints_all_metrics_and_writes_json(demo_run, tmp_path, capsys):
     _, _, out = demo_run
     target = tmp_path / "res.json"
@@ -189,3 +208,89 @@ def test_fused_cpu_training_uses_native(demo_run, tmp_path, capsys):
         assert "ops backend 'native'" in capsys.readouterr().out
     finally:
         ops.set_backend("eager")
+
+
+# ------------------------------------------------------------------------------- extract and search
+
+
+def test_extract_from_a_folder_a_glob_and_a_list(demo_run, tmp_path):
+    import os
+
+    from scstn_vcn import FeatureExtractor
+
+    _, _, out = demo_run
+    checkpoint = str(out / "run" / "checkpoint.pth")
+    folder = out / "data" / "query"
+    target = tmp_path / "feats.npz"
+    assert main(["extract", "--checkpoint", checkpoint, "--images", str(folder), "--output", str(target),
+                 "--no-progress"]) == 0
+    data = np.load(target)
+    assert set(data.files) == {"paths", "global", "spatial"}
+    paths = [str(p) for p in data["paths"]]
+    assert paths == sorted(str(p) for p in folder.iterdir())
+    expected = FeatureExtractor(checkpoint, device="cpu")(paths)
+    for name in ("global", "spatial"):
+        assert data[name].dtype == np.float32 and data[name].shape[0] == len(paths)
+        assert np.array_equal(data[name], expected[name].numpy()), name
+
+    pattern = str(folder / "*.jpg")
+    assert main(["extract", "--checkpoint", checkpoint, "--images", pattern, "--output", str(target),
+                 "--no-progress", "--batch-size", "5"]) == 0
+    assert [str(p) for p in np.load(target)["paths"]] == paths
+
+    listed = [paths[2], paths[0]]
+    (tmp_path / "list.txt").write_text("# two queries\n" + "\n".join(listed) + "\n\n")
+    assert main(["extract", "--checkpoint", checkpoint, "--images", str(tmp_path / "list.txt"), "--output",
+                 str(target), "--no-progress"]) == 0
+    data = np.load(target)
+    assert [str(p) for p in data["paths"]] == listed
+    assert np.array_equal(data["global"][1], expected["global"][0].numpy())
+    assert sorted(os.listdir(tmp_path)) == ["feats.npz", "list.txt"]  # no temporary file left
+
+
+def test_extract_bad_images_are_one_line_errors(demo_run, tmp_path, capsys):
+    import os
+    import shutil
+
+    _, _, out = demo_run
+    checkpoint = str(out / "run" / "checkpoint.pth")
+    images = tmp_path / "images"
+    images.mkdir()
+    for source in sorted((out / "data" / "query").iterdir())[:2]:
+        shutil.copy(source, images)
+    (images / "zz_broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    target = tmp_path / "feats.npz"
+    err = _error(capsys, ["extract", "--checkpoint", checkpoint, "--images", str(images), "--output", str(target),
+                          "--no-progress"])
+    assert "zz_broken.jpg" in err
+    assert sorted(os.listdir(tmp_path)) == ["images"]  # nothing (half-)written
+    err = _error(capsys, ["extract", "--checkpoint", checkpoint, "--images", str(tmp_path / "none"),
+                          "--output", str(target)])
+    assert "--images" in err and "none" in err
+    (images / "zz_broken.jpg").unlink()
+    (tmp_path / "list.txt").write_text("images/missing.jpg\n")
+    err = _error(capsys, ["extract", "--checkpoint", checkpoint, "--images", str(tmp_path / "list.txt"),
+                          "--output", str(target)])
+    assert "line 1: no such image file" in err and "missing.jpg" in err
+
+
+def test_search_prints_and_draws_the_top_k(demo_run, tmp_path, capsys):
+    import os
+
+    _, _, out = demo_run
+    checkpoint = str(out / "run" / "checkpoint.pth")
+    query = str(sorted((out / "data" / "query").iterdir())[0])
+    target = tmp_path / "ranked.png"
+    assert main(["search", "--checkpoint", checkpoint, "--query", query, "--gallery",
+                 str(out / "data" / "bounding_box_test"), "--topk", "5", "--output", str(target),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line.split() for line in printed.splitlines() if line[:4].strip().isdigit()]
+    assert [int(r[0]) for r in rows] == [1, 2, 3, 4, 5]
+    distances = [float(r[1]) for r in rows]
+    assert distances == sorted(distances) and all(0.0 <= d <= 4.0 for d in distances)
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(os.listdir(tmp_path)) == ["ranked.png"]
+    err = _error(capsys, ["search", "--checkpoint", checkpoint, "--query", str(tmp_path / "q.jpg"), "--gallery",
+                          str(out / "data" / "bounding_box_test"), "--output", str(target)])
+    assert "--query" in err and "q.jpg" in err

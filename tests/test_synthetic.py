@@ -147,3 +147,68 @@ def test_train_loader_on_synthetic(small_set):
     images, pids, camids, indices = batches[0]
     assert images.shape == (6, 3, 64, 32) and len(set(pids.tolist())) == 3
     assert all(data.train[i][1] == p for i, p in zip(indices.tolist(), pids.tolist()))
+
+
+# ------------------------------------------------------------------------------- detection error knob
+
+def test_default_detection_error_is_the_former_box(small_set):
+    from scstn_vcn.data.synthetic_render import DEFAULT_DETECTION_ERROR, detection_error_box
+
+    assert DEFAULT_DETECTION_ERROR == 0.25
+    assert detection_error_box(DEFAULT_DETECTION_ERROR) == ((0.75, 1.25), (0.10, 0.12))  # exactly
+    params = json.loads((small_set / MARKER).read_text())["params"]
+    assert "detection_error" not in params and "num_test_identities" not in params  # default set unchanged
+
+
+def test_zero_detection_error_centres_the_person_at_a_fixed_scale():
+    import dataclasses
+
+    from scstn_vcn.data.synthetic_render import detection_error_box
+
+    scale_range, shift = detection_error_box(0.0)
+    look = dataclasses.replace(random_look(np.random.default_rng(3)), bag=None)  # a bag hangs on one side
+    cam = random_camera(np.random.default_rng(0))
+    boxes = set()
+    for seed in range(12):
+        img = render(np.random.default_rng(seed), look, cam, view="front", scale_range=scale_range, shift=shift,
+                     clean=True).astype(int)
+        person = np.abs(img - 127).sum(axis=2) > 0
+        rows, cols = np.nonzero(person.any(axis=1))[0], np.nonzero(person.any(axis=0))[0]
+        boxes.add((rows.min(), rows.max(), cols.min(), cols.max()))
+    assert len(boxes) == 1  # the same box in every image
+    top, bottom, left, right = boxes.pop()
+    assert abs((top + bottom) - (128 - 1)) <= 2 and abs((left + right) - (64 - 1)) <= 2  # centred
+
+
+def test_detection_error_changes_the_images(small_set, tmp_path):
+    wide = make_synthetic(tmp_path / "wide", seed=0, detection_error=0.4, **SMALL)
+    assert json.loads((wide / MARKER).read_text())["params"]["detection_error"] == 0.4
+    a, b = digest(small_set), digest(wide)
+    assert set(a) == set(b)  # the same files...
+    person = [k for k in a if k.startswith(("bounding_box_train", "query"))]
+    assert all(a[k] != b[k] for k in person)  # ...every person drawn in another box
+    with pytest.raises(ValueError, match="detection_error"):
+        make_synthetic(tmp_path / "bad", seed=0, detection_error=-0.1, **SMALL)
+
+
+def test_more_test_identities_keep_the_training_images(small_set, tmp_path):
+    big = make_synthetic(tmp_path / "big", seed=0, **{**SMALL, "num_identities": 16}, num_test_identities=10)
+    marker = json.loads((big / MARKER).read_text())
+    assert marker["num_train_ids"] == 6 and marker["num_test_ids"] == 10 and marker["counts"]["query"] == 20
+    train = lambda root: {k: v for k, v in digest(root).items() if k.startswith("bounding_box_train")}  # noqa: E731
+    assert train(big) == train(small_set)
+    with pytest.raises(ValueError, match="num_test_identities"):
+        make_synthetic(tmp_path / "odd", seed=0, **SMALL, num_test_identities=5)
+
+
+def test_make_synthetic_cli_detection_error(tmp_path, capsys):
+    from scstn_vcn.cli import main
+
+    args = ["make-synthetic", "--num-identities", "4", "--images-per-identity", "1", "--gallery-per-identity", "2",
+            "--query-per-identity", "1", "--num-distractors", "0", "--num-junk", "0"]
+    assert main(args + [str(tmp_path / "e0"), "--detection-error", "0"]) == 0
+    assert json.loads((tmp_path / "e0" / MARKER).read_text())["params"]["detection_error"] == 0.0
+    capsys.readouterr()
+    assert main(args + [str(tmp_path / "bad"), "--detection-error=-0.2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scstn-vcn make-synthetic: error: --detection-error") and len(err.splitlines()) == 1

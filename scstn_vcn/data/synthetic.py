@@ -10,7 +10,10 @@ a CPU demo need images whose identities are defined by what the paper is about:
   pooling sees the same thing, only a feature that keeps the vertical layout (VCN) separates them.
   The pairs are listed in the marker file (``swap_pairs``).
 * **Misalignment.** Every image has detection error: the person is scaled by 0.75-1.25 and shifted
-  inside the box, so the same part lands at different heights (what SC-STN corrects).
+  inside the box, so the same part lands at different heights (what SC-STN corrects). The knob
+  ``detection_error`` sets how much (``synthetic_render.detection_error_box``: scale in [1 - E, 1 + E],
+  shifts up to 0.4 E of the height and 0.48 E of the width); the default 0.25 is the set above, 0 a
+  perfect detector. It applies to every person image (train, query, gallery, distractors) alike.
 * **Cameras and views.** Each camera has its own background, clutter, colour cast, brightness, blur
   and noise; each image a front / back / side view (bag visibility and body width change).
 * **Market conventions.** ``bounding_box_train/``, ``query/``, ``bounding_box_test/``; names like
@@ -39,7 +42,8 @@ import numpy as np
 from PIL import Image
 
 from .folder_layout import SPLIT_FOLDERS, MarketLayoutDataset
-from .synthetic_render import Camera, Look, random_camera, random_look, render
+from .synthetic_render import (DEFAULT_DETECTION_ERROR, Camera, Look, detection_error_box, random_camera,
+                               random_look, render)
 
 MARKER = "synthetic.json"
 FORMAT_VERSION = 1
@@ -70,7 +74,11 @@ def design_identities(n: int, rng: np.random.Generator) -> list[Look]:
     return looks
 
 
-def _split_sizes(num_identities: int, train_fraction: float) -> tuple[int, int]:
+def _split_sizes(num_identities: int, train_fraction: float, num_test: int | None = None) -> tuple[int, int]:
+    if num_test is not None:
+        # Training identities first: with the same number of them, the training images do not
+        # depend on how many test identities follow (looks are drawn in order, images per pid).
+        return num_identities - num_test, num_test
     n_train = 2 * int(round(num_identities * train_fraction / 2))  # even: whole swap pairs
     n_train = min(max(n_train, 2), num_identities - 2)
     return n_train, num_identities - n_train
@@ -99,7 +107,8 @@ def read_marker(root: str | Path) -> dict | None:
 def make_synthetic(root: str | Path, num_identities: int = 240, seed: int = 0, *, train_fraction: float = 0.5,
                    images_per_identity: int = 12, gallery_per_identity: int = 10, query_per_identity: int = 2,
                    num_cameras: int = 6, num_distractors: int = 100, num_junk: int = 40, height: int = 128,
-                   width: int = 64, jpeg_quality: int = 90, overwrite: bool = False, workers: int = 0,
+                   width: int = 64, jpeg_quality: int = 90, num_test_identities: int | None = None,
+                   detection_error: float = DEFAULT_DETECTION_ERROR, overwrite: bool = False, workers: int = 0,
                    verbose: bool = False) -> Path:
     """Write a synthetic ReID set to ``root`` (the data set folder itself) and return ``root``.
 
@@ -114,6 +123,12 @@ def make_synthetic(root: str | Path, num_identities: int = 240, seed: int = 0, *
         num_cameras: cameras (2..9, names use one digit like Market's c1..c6).
         num_distractors / num_junk: gallery images of identity 0 (people of no split) and -1 (junk).
         height, width: image size; jpeg_quality: JPEG quality of the files.
+        num_test_identities: how many of the ``num_identities`` are test identities (even, so the
+            training split is whole swap pairs; replaces ``train_fraction``). A larger test split
+            makes rank-1 / mAP less noisy; the training images stay the same for the same number of
+            training identities.
+        detection_error: how badly the "detector" frames each person, in [0, 0.5] (see
+            ``synthetic_render.detection_error_box``); 0.25 (the default) is the set's usual error.
         overwrite: replace an existing non-empty ``root`` that is not this exact set. Without it such
             a folder is refused (FileExistsError); an existing set with the same parameters is reused.
         workers: processes drawing images (0 or 1: this process); the files do not depend on it.
@@ -130,11 +145,21 @@ def make_synthetic(root: str | Path, num_identities: int = 240, seed: int = 0, *
         raise ValueError("need 1 <= query_per_identity <= num_cameras, gallery_per_identity >= 2 and "
                          f"images_per_identity >= 1, got {query_per_identity}, {gallery_per_identity}, "
                          f"{images_per_identity}")
+    if num_test_identities is not None and (num_test_identities % 2 or not 2 <= num_test_identities <= num_identities - 2):
+        raise ValueError("num_test_identities must be even and leave at least two training identities "
+                         f"(2..{num_identities - 2} of num_identities={num_identities}), got {num_test_identities}")
+    detection_error_box(detection_error)  # checks the range
+    extra = {}
+    # The new knobs enter the marker only when used, so the default set keeps its bytes.
+    if num_test_identities is not None:
+        extra["num_test_identities"] = int(num_test_identities)
+    if float(detection_error) != DEFAULT_DETECTION_ERROR:
+        extra["detection_error"] = float(detection_error)
     params = _params(num_identities=num_identities, seed=seed, train_fraction=train_fraction,
                      images_per_identity=images_per_identity, gallery_per_identity=gallery_per_identity,
                      query_per_identity=query_per_identity, num_cameras=num_cameras,
                      num_distractors=num_distractors, num_junk=num_junk, height=height, width=width,
-                     jpeg_quality=jpeg_quality)
+                     jpeg_quality=jpeg_quality, **extra)
     root = Path(root).expanduser().absolute()  # absolute: the temp folder goes beside it, even for '.'
     if root.exists():
         marker = read_marker(root)
@@ -195,7 +220,9 @@ def _run_job(job: _Job, height: int, width: int, quality: int) -> None:
 def _plan(out: Path, p: dict) -> tuple[list[_Job], dict]:
     """Every image of the set, in a fixed order (the order gives the frame numbers in the names)."""
     seed, C = p["seed"], p["num_cameras"]
-    n_train, n_test = _split_sizes(p["num_identities"], p["train_fraction"])
+    n_train, n_test = _split_sizes(p["num_identities"], p["train_fraction"], p.get("num_test_identities"))
+    scale_range, shift = detection_error_box(p.get("detection_error", DEFAULT_DETECTION_ERROR))
+    box = {"scale_range": scale_range, "shift": shift}  # every person image, of every split
     looks = design_identities(n_train + n_test, np.random.default_rng([seed, _DESIGN]))
     cameras = [random_camera(np.random.default_rng([seed, _CAMERA, c])) for c in range(C)]
     counts = {"train": 0, "query": 0, "gallery": 0, "distractors": 0, "junk": 0}
@@ -210,22 +237,23 @@ def _plan(out: Path, p: dict) -> tuple[list[_Job], dict]:
     for pid in range(1, n_train + 1):  # training identities: pids 1..n_train
         cams = _cameras_for(np.random.default_rng([seed, _TRAIN, pid]), C)
         for k in range(p["images_per_identity"]):
-            add("train", "train", pid, int(cams[k % len(cams)]), _TRAIN, k + 1, looks[pid - 1])
+            add("train", "train", pid, int(cams[k % len(cams)]), _TRAIN, k + 1, looks[pid - 1], **box)
     for pid in range(n_train + 1, n_train + n_test + 1):  # test identities follow
         cams = _cameras_for(np.random.default_rng([seed, _QUERY, pid]), C)
         for k, cam in enumerate(cams[: p["query_per_identity"]]):  # distinct cameras
-            add("query", "query", pid, int(cam), _QUERY, k + 1, looks[pid - 1])
+            add("query", "query", pid, int(cam), _QUERY, k + 1, looks[pid - 1], **box)
         for k in range(p["gallery_per_identity"]):  # cycles through all of its cameras
-            add("gallery", "gallery", pid, int(cams[k % len(cams)]), _GALLERY, k + 1, looks[pid - 1])
+            add("gallery", "gallery", pid, int(cams[k % len(cams)]), _GALLERY, k + 1, looks[pid - 1], **box)
     for k in range(p["num_distractors"]):  # identity 0: people seen once, in no split
         rng = np.random.default_rng([seed, _DISTRACTOR, k])
-        add("gallery", "distractors", 0, int(rng.integers(C)), _DISTRACTOR, k, random_look(rng))
+        add("gallery", "distractors", 0, int(rng.integers(C)), _DISTRACTOR, k, random_look(rng), **box)
     for k in range(p["num_junk"]):  # identity -1: background only, or a person cut off by a bad box
         rng = np.random.default_rng([seed, _JUNK, k])
         cam = int(rng.integers(C))
         if k % 2:
             add("gallery", "junk", -1, cam, _JUNK, k, None)
         else:
+            # A box far too tight, whatever the detection error level: junk by construction.
             add("gallery", "junk", -1, cam, _JUNK, k, random_look(rng), scale_range=(1.6, 2.2), shift=(0.35, 0.4))
     pairs = [[a, a + 1] for start, n in ((1, n_train), (n_train + 1, n_test)) for a in range(start, start + n - 1, 2)]
     return jobs, {"counts": counts, "num_train_ids": n_train, "num_test_ids": n_test, "swap_pairs": pairs}

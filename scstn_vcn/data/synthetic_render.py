@@ -10,9 +10,14 @@ convolution of the paper can (see ``synthetic.py`` for how such pairs are built)
 Views change the silhouette: ``front`` (face visible, backpack straps only), ``back`` (hair over the
 head, backpack covering the upper back, handbag on the other side) and ``side`` (narrower body,
 backpack sticking out behind, handbag hidden). A camera adds a background with clutter, a colour
-cast, a brightness shift, blur and noise. Detection error scales the person (0.75-1.25) and shifts
-it inside the box, so parts move up and down between images of one identity: the misalignment that
-SC-STN is meant to undo.
+cast, a brightness shift, blur and noise. Detection error scales the person and shifts it inside the
+box, so parts move up and down between images of one identity: the misalignment that SC-STN is meant
+to undo. ``detection_error_box(E)`` says how much: a level E scales the person by a factor drawn from
+[1 - E, 1 + E] and shifts it by up to 0.4 E of the box height vertically and 0.48 E of the box width
+horizontally (uniform draws). E = 0 is a perfect detector (person centred, fixed scale); the default
+E = 0.25 gives a scale of 0.75-1.25 and shifts of up to 10 % of the height and 12 % of the width.
+Above E ~ 0.11 the largest, most shifted people no longer fit the box and lose their head or
+feet, as with real detections that are too tight.
 """
 
 from __future__ import annotations
@@ -37,6 +42,24 @@ BAGS = (None, "backpack", "handbag")
 # Vertical extent of each part as a fraction of the person's height.
 HEAD, UPPER, LOWER, SHOES = (0.00, 0.14), (0.14, 0.51), (0.51, 0.88), (0.88, 0.96)
 BODY_WIDTH = 0.34  # torso / legs width as a fraction of the person's height (front view)
+
+# Detection error (see the module docstring): the default level and the largest one accepted (at 0.5
+# the person is drawn at half to one and a half times its normal size and moved by up to a fifth of
+# the box, beyond which most images would no longer show a whole person).
+DEFAULT_DETECTION_ERROR = 0.25
+MAX_DETECTION_ERROR = 0.5
+# Largest shift per unit of detection error: (fraction of the box height, fraction of its width).
+SHIFT_PER_LEVEL = (0.4, 0.48)
+
+
+def detection_error_box(level: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``(scale_range, shift)`` for ``render`` at detection error ``level`` in [0, MAX_DETECTION_ERROR]."""
+    level = float(level)
+    if not 0.0 <= level <= MAX_DETECTION_ERROR:
+        raise ValueError(f"detection_error must be in [0, {MAX_DETECTION_ERROR}], got {level:g}")
+    # Multiplying by 0.25 (a power of two) is exact, so the default level reproduces the former
+    # constants (0.75, 1.25), (0.10, 0.12) bit for bit and the default set keeps its bytes.
+    return (1.0 - level, 1.0 + level), (SHIFT_PER_LEVEL[0] * level, SHIFT_PER_LEVEL[1] * level)
 
 
 @dataclass(frozen=True)

@@ -103,18 +103,6 @@ def evaluate(args):
     return 0
 
 
-def make_synthetic(args):
-    from scstn_vcn.data import make_synthetic as make
-
-    root = make(args.root, num_identities=args.num_identities, seed=args.seed,
-                images_per_identity=args.images_per_identity, gallery_per_identity=args.gallery_per_identity,
-                query_per_identity=args.query_per_identity, num_cameras=args.num_cameras,
-                num_distractors=args.num_distractors, num_junk=args.num_junk, height=args.height,
-                width=args.width, overwrite=args.overwrite, verbose=True)
-    print(f"synthetic data set in {root}")
-    return 0
-
-
 def export(args):
     from scstn_vcn import export as exporter
 
