@@ -5,7 +5,7 @@ ops' zero result when every sample falls outside the map."""
 import torch
 
 from op_harness import call_op, kernel_inputs, lay_out
-from scstn_vcn.ops._wiring import op_namespace
+from scstn_vcn.ops._backend import op_namespace
 
 
 def opcheck_forward_and_backward(op, backend, case):

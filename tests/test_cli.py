@@ -46,7 +46,7 @@ def test_demo_prints_the_table_and_writes_the_figures(demo_run):
 
 
 def test_demo_names_what_its_numbers_depend_on(demo_run, tmp_path):
-    from scstn_vcn.engine.demo import data_digest
+    from scstn_vcn.commands.demo import data_digest
 
     _, printed, out = demo_run
     line = next(line for line in printed.splitlines() if line.startswith("these numbers repeat for:"))

@@ -144,7 +144,7 @@ def test_fused_backends(trained, monkeypatch):
 
 
 def test_rank_gallery_skips_the_query_itself_and_keeps_ties_in_order(tmp_path):
-    from scstn_vcn.engine.search import rank_gallery
+    from scstn_vcn.commands.search import rank_gallery
 
     gallery = [str(tmp_path / name) for name in ("a.jpg", "b.jpg", "q.jpg", "c.jpg")]
     ranked = rank_gallery(torch.tensor([0.5, 0.2, 0.0, 0.2]), gallery, str(tmp_path / "." / "q.jpg"), topk=2)

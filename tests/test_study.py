@@ -7,8 +7,8 @@ import hashlib
 import pytest
 
 from scstn_vcn.cli import main
-from scstn_vcn.engine.study import COLUMNS, append_rows, read_results
-from scstn_vcn.engine.study_report import ORDERINGS, PAPER_TABLE3
+from scstn_vcn.commands.study import COLUMNS, append_rows, read_results
+from scstn_vcn.commands.study_report import ORDERINGS, PAPER_TABLE3
 from scstn_vcn.models import ABLATIONS
 
 TINY = ["--epochs", "1", "--num-identities", "24", "--test-identities", "8", "--no-progress",

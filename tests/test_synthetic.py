@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scstn_vcn.data import Market1501, build_dataset, build_train_loader, make_synthetic, make_synthetic_main
+from scstn_vcn.data import Market1501, build_dataset, build_train_loader, make_synthetic
 from scstn_vcn.data.synthetic import MARKER, design_identities
 from scstn_vcn.data.synthetic_render import random_camera, random_look, render
 
@@ -85,8 +85,10 @@ def test_existing_set_is_reused_and_others_refused(small_set, tmp_path):
 
 
 def test_cli_entry_point(tmp_path, capsys):
-    assert make_synthetic_main([str(tmp_path / "cli"), "--num-identities", "8", "--images-per-identity", "2",
-                                "--gallery-per-identity", "2", "--num-distractors", "0", "--num-junk", "0"]) == 0
+    from scstn_vcn.cli import main
+
+    assert main(["make-synthetic", str(tmp_path / "cli"), "--num-identities", "8", "--images-per-identity", "2",
+                 "--gallery-per-identity", "2", "--num-distractors", "0", "--num-junk", "0"]) == 0
     assert Market1501(tmp_path / "cli").num_train_pids == 4
     assert "wrote" in capsys.readouterr().out
 

@@ -9,11 +9,10 @@ from .loaders import build_eval_loaders, build_train_loader
 from .msmt17 import MSMT17
 from .sampler import PKBatchSampler
 from .synthetic import SyntheticReID, make_synthetic, read_marker
-from .synthetic_cli import make_synthetic_main
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
 __all__ = [
     "Item", "ReIDDataset", "DATASETS", "build_dataset", "Market1501", "DukeMTMCreID", "MSMT17", "SyntheticReID",
     "ImageDataset", "read_image", "build_train_loader", "build_eval_loaders", "PKBatchSampler", "make_synthetic",
-    "make_synthetic_main", "read_marker", "build_transforms", "IMAGENET_MEAN", "IMAGENET_STD",
+    "read_marker", "build_transforms", "IMAGENET_MEAN", "IMAGENET_STD",
 ]

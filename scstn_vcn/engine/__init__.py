@@ -1,7 +1,8 @@
 """Training and evaluation engine: the loop (trainer), Adam + warm-up/step schedule (optim),
 atomic checkpoints (checkpoint), torchrun/DDP (distributed), feature extraction (features),
 evaluation and its table (evaluator), CSV/TensorBoard logs (logging), seeding (seed), the
-device/backend choice (runtime), and the CLI's sub-commands (commands, demo)."""
+device/backend choice (runtime), models/losses/data from a config (builders) and the errors that
+mean bad input (errors). The command line that drives it lives in scstn_vcn/commands/."""
 
 from scstn_vcn.engine.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint
 from scstn_vcn.engine.errors import MissingDependencyError, UsageError

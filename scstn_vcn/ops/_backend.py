@@ -89,16 +89,33 @@ def _triton_status(device_type):
     return False, f"Triton kernels support CUDA (and CPU when interpreted) tensors, not {device_type!r}"
 
 
+def op_namespace(backend):
+    """torch.ops namespace of a fused backend."""
+    return torch.ops.scstn_vcn if backend == "native" else torch.ops.scstn_vcn_triton
+
+
+# Called once scstn_vcn._C has been imported (its schemas exist). ops/_wiring.py, which sits above this
+# module, adds the function that attaches the fake functions and autograd formulas to the native ops:
+# a hook instead of an import keeps the imports pointing down.
+_on_native_loaded = []
+
+
+def when_native_loaded(callback):
+    """Run `callback()` once the extension is imported: now if it already is, else right after the import."""
+    _on_native_loaded.append(callback)
+    if _native_cache.get("import", (False,))[0]:
+        callback()
+
+
 def load_native():
     """Import the compiled extension once; returns (ok, reason why not)."""
     if "import" not in _native_cache:
         try:
             import scstn_vcn._C  # noqa: F401  (its import runs the TORCH_LIBRARY registrations)
 
-            from scstn_vcn.ops import _wiring
-
-            _wiring.register_native()
             _native_cache["import"] = (True, "")
+            for callback in _on_native_loaded:
+                callback()
         except ImportError as error:
             _native_cache["import"] = (
                 False,

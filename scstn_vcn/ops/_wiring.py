@@ -13,6 +13,8 @@ import importlib
 
 import torch
 
+from scstn_vcn.ops._backend import when_native_loaded
+
 # By module path: the package re-exports functions of the same names as these modules.
 OPS = {
     op: importlib.import_module(f"scstn_vcn.ops.{op}")
@@ -31,11 +33,6 @@ SCHEMAS = {
     "vertical_proj_backward": "(Tensor grad_f, Tensor F, Tensor delta) -> (Tensor, Tensor)",
 }
 NATIVE, TRITON = "scstn_vcn", "scstn_vcn_triton"
-
-
-def op_namespace(backend):
-    """torch.ops namespace of a fused backend."""
-    return torch.ops.scstn_vcn if backend == "native" else torch.ops.scstn_vcn_triton
 
 
 def _wire(namespace):
@@ -78,3 +75,4 @@ def register_native():
 
 
 _define_triton()
+when_native_loaded(register_native)

@@ -24,35 +24,15 @@ The resampled map r is never written by the fused backends. x may be float16/bfl
 reaches a kernel, and its gradient flows back through that cast.
 """
 
-import torch
-import torch.nn.functional as F
-
 import scstn_vcn.ops.affine_hpool_separable as separable
-from scstn_vcn.ops._backend import resolve
-from scstn_vcn.ops._checks import check_same_device, check_size, check_tensor, compute_dtype
+from scstn_vcn.ops._affine_common import affine_hpool_eager, check_inputs, fake_backward, fake_forward, setup_context
+from scstn_vcn.ops._backend import op_namespace, resolve
+from scstn_vcn.ops._checks import compute_dtype
 
-
-def affine_hpool_eager(x, theta):
-    """The reference: torch's affine_grid + grid_sample, then mean + max over w."""
-    dtype = compute_dtype(x)
-    grid = F.affine_grid(theta.to(dtype), list(x.shape), align_corners=False)
-    resampled = F.grid_sample(x.to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = resampled.mean(dim=-1) + resampled.max(dim=-1).values
-    return out.to(x.dtype)
-
-
-def fake_forward(x, theta):
-    batch, channels, height, _ = x.shape
-    return x.new_empty((batch, channels, height)), x.new_empty((batch, channels, height), dtype=torch.int32)
-
-
-def fake_backward(grad_out, x, theta, argmax):
-    return x.new_empty(x.shape), theta.new_empty(theta.shape)
-
-
-def setup_context(ctx, inputs, output):
-    x, theta = inputs
-    ctx.save_for_backward(x, theta, output[1])
+# The reference, the input checks and the fake/autograd contract are shared with the separable op
+# (ops/_affine_common.py); they are this module's attributes too, as ops/_wiring.py expects of every op.
+__all__ = ["affine_hpool", "affine_hpool_eager", "check_inputs", "fake_backward", "fake_forward", "make_backward",
+           "setup_context"]
 
 
 def make_backward(namespace):
@@ -61,13 +41,6 @@ def make_backward(namespace):
         return namespace().affine_hpool_backward(grad_out.contiguous(), x, theta, argmax)
 
     return backward
-
-
-def check_inputs(x, theta):
-    check_tensor(x, "x", 4, "(B, C, H, W)")
-    check_tensor(theta, "theta", 3, "(B, 2, 3)")
-    check_size("theta", tuple(theta.shape), (x.shape[0], 2, 3), f"shape (B, 2, 3) = {(x.shape[0], 2, 3)} to match x")
-    check_same_device(x=x, theta=theta)
 
 
 def affine_hpool(x, theta, *, rotation_free=False, backend=None):
@@ -85,7 +58,5 @@ def affine_hpool(x, theta, *, rotation_free=False, backend=None):
     name = resolve(backend, x.device)
     if name == "eager":
         return affine_hpool_eager(x, theta)
-    from scstn_vcn.ops._wiring import op_namespace
-
     out, _ = op_namespace(name).affine_hpool(x, theta.to(compute_dtype(x)).contiguous())
     return out

@@ -47,9 +47,14 @@ through that cast. The registered ops have the general op's signatures:
 
 import torch
 
-import scstn_vcn.ops.affine_hpool as general
-from scstn_vcn.ops._backend import resolve
+from scstn_vcn.ops._affine_common import affine_hpool_eager, check_inputs, fake_backward, fake_forward, setup_context
+from scstn_vcn.ops._backend import op_namespace, resolve
 from scstn_vcn.ops._checks import compute_dtype
+
+# The fake functions and autograd context are the general op's (same signatures and saved tensors),
+# shared through ops/_affine_common.py; ops/_wiring.py reads them as this module's attributes.
+__all__ = ["affine_hpool_separable", "affine_hpool_separable_eager", "fake_backward", "fake_forward", "make_backward",
+           "rotation_free_theta", "setup_context"]
 
 
 def rotation_free_theta(theta):
@@ -60,21 +65,7 @@ def rotation_free_theta(theta):
 
 def affine_hpool_separable_eager(x, theta):
     """The reference: the general eager reference on theta with its off-diagonal entries masked to 0."""
-    return general.affine_hpool_eager(x, rotation_free_theta(theta))
-
-
-# The fake functions and autograd context are the general op's (same signatures and saved tensors).
-# They are looked up at call time: the two modules import each other.
-def fake_forward(x, theta):
-    return general.fake_forward(x, theta)
-
-
-def fake_backward(grad_out, x, theta, argmax):
-    return general.fake_backward(grad_out, x, theta, argmax)
-
-
-def setup_context(ctx, inputs, output):
-    general.setup_context(ctx, inputs, output)
+    return affine_hpool_eager(x, rotation_free_theta(theta))
 
 
 def make_backward(namespace):
@@ -88,11 +79,9 @@ def make_backward(namespace):
 def affine_hpool_separable(x, theta, *, backend=None):
     """out (B, C, H) of affine_hpool(x, theta) with theta's off-diagonal entries taken as 0 (the same as
     ops.affine_hpool(x, theta, rotation_free=True))."""
-    general.check_inputs(x, theta)
+    check_inputs(x, theta)
     name = resolve(backend, x.device)
     if name == "eager":
         return affine_hpool_separable_eager(x, theta)
-    from scstn_vcn.ops._wiring import op_namespace
-
     out, _ = op_namespace(name).affine_hpool_separable(x, theta.to(compute_dtype(x)).contiguous())
     return out

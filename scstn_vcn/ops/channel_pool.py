@@ -17,7 +17,7 @@ Low-precision inputs are computed in float32 and returned in the input dtype.
 
 import torch
 
-from scstn_vcn.ops._backend import resolve
+from scstn_vcn.ops._backend import op_namespace, resolve
 from scstn_vcn.ops._checks import check_tensor, compute_dtype
 
 
@@ -72,7 +72,5 @@ def channel_pool(x, *, backend=None):
     name = resolve(backend, x.device)
     if name == "eager":
         return channel_pool_eager(x)
-    from scstn_vcn.ops._wiring import op_namespace
-
     cmean, gpool, _ = op_namespace(name).channel_pool(x)
     return cmean, gpool

@@ -15,7 +15,7 @@ it reaches a kernel, and its gradient flows back through that cast.
 
 import torch
 
-from scstn_vcn.ops._backend import resolve
+from scstn_vcn.ops._backend import op_namespace, resolve
 from scstn_vcn.ops._checks import check_same_device, check_size, check_tensor, compute_dtype
 
 
@@ -63,6 +63,4 @@ def vertical_proj(F, delta, *, backend=None):
     name = resolve(backend, F.device)
     if name == "eager":
         return vertical_proj_eager(F, delta)
-    from scstn_vcn.ops._wiring import op_namespace
-
     return op_namespace(name).vertical_proj(F.contiguous(), delta.to(compute_dtype(F)).contiguous())

@@ -22,7 +22,11 @@ import os
 import shutil
 import time
 
+from scstn_vcn.commands._common import add_traceback_arg
 from scstn_vcn.engine.errors import UsageError
+
+NAME = "study"
+HELP = "Table 3's ablations over seeds (and detection-error levels), with tables and figures"
 
 COLUMNS = ("variant", "seed", "detection_error", "feature", "rank1", "rank5", "rank10", "mAP", "mINP",
            "params", "epochs", "seconds")
@@ -202,8 +206,8 @@ def train_and_evaluate(config, log_path):
     return results, params
 
 
-def run_study(args):
-    from scstn_vcn.engine.study_report import write_reports
+def run(args):
+    from scstn_vcn.commands.study_report import write_reports
 
     variants = parse_variants(args.variants)
     seeds = parse_seeds(args.seeds)
@@ -287,9 +291,8 @@ def _parameter_counts(args, variants, roots):
     return counts
 
 
-def add_study_parser(sub):
-    """The `study` sub-command's arguments (scstn_vcn/cli.py)."""
-    p = sub.add_parser("study", help="Table 3's ablations over seeds (and detection-error levels), with tables and figures")
+def add_arguments(p):
+    """The `study` sub-command's arguments."""
     p.add_argument("--config", default="demo", help="a preset or YAML file (default: demo, the CPU recipe)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value for every run (repeatable)")
@@ -307,6 +310,5 @@ def add_study_parser(sub):
     p.add_argument("--output", required=True, help="study folder (results.csv, runs/, reports)")
     p.add_argument("--fused", action="store_true", help="run every op with its fused backend")
     p.add_argument("--no-progress", action="store_true", help="one line per run instead of a progress bar")
-    p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
-    return p
+    add_traceback_arg(p)
 

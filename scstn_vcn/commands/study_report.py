@@ -1,4 +1,4 @@
-"""Tables and figures of `scstn-vcn study` from its results.csv rows (see scstn_vcn/engine/study.py).
+"""Tables and figures of `scstn-vcn study` from its results.csv rows (see scstn_vcn/commands/study.py).
 
 table3.md / .png: one row per variant in the paper's order, ours as mean +- std over seeds for the
 feature the row is about, the paper's Market-1501 numbers beside them, and the paper's orderings
@@ -154,10 +154,10 @@ def _misalignment_markdown(rows, variants, seeds, levels):
 
 
 def _save(fig, path):
+    from scstn_vcn.figures import save_figure
+
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=120)
 
 
 def _table3_figure(data, variants, path):

@@ -21,9 +21,12 @@ import time
 
 import torch
 
+from scstn_vcn.commands._common import add_config_args, add_runtime_args, config_overrides
 from scstn_vcn.configs import load_config
 from scstn_vcn.engine.checkpoint import unwrap
-from scstn_vcn.engine.commands import config_overrides
+
+NAME = "demo"
+HELP = "synthesise data, train the full model on the CPU, evaluate, draw figures"
 
 # make_synthetic's default (240 identities, ~3,000 128x64 images): 120 to train, 120 to test.
 DEMO_IDENTITIES = 240
@@ -57,7 +60,18 @@ def numerics_fingerprint(config):
             "threads": threads}
 
 
-def run_demo(args):
+def add_arguments(parser):
+    add_config_args(parser, config_default="demo")
+    add_runtime_args(parser)
+    parser.add_argument("--output", default="scstn_vcn_demo", help="demo folder (data/, run/, figures/)")
+    parser.add_argument("--epochs", type=int, help="train.epochs")
+    parser.add_argument("--num-identities", type=int, default=None,
+                        help="identities to synthesise when the data is absent (default 240: 120 train, 120 test)")
+    parser.add_argument("--no-figures", action="store_true", help="skip the figures")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+
+
+def run(args):
     from scstn_vcn.data import make_synthetic
     from scstn_vcn.engine.evaluator import format_table, write_results
     from scstn_vcn.engine.trainer import Trainer
@@ -95,11 +109,11 @@ def run_demo(args):
                   {"checkpoint": trainer.checkpoint_path, "data_images": count, "data_sha256": digest,
                    "device": trainer.device.type, **numerics})
     if not args.no_figures:
-        from scstn_vcn import visualize as vis
+        from scstn_vcn import figures as fig
 
         figures = os.path.join(output, "figures")
-        paths = [vis.plot_training_curves(trainer.logger.path, os.path.join(figures, "training_curves.png"))]
-        paths += vis.draw_model_figures(
+        paths = [fig.plot_training_curves(trainer.logger.path, os.path.join(figures, "training_curves.png"))]
+        paths += fig.draw_model_figures(
             unwrap(trainer.model), trainer.dataset, config, trainer.device, figures, ("ranked", "alignment", "heatmap"),
             features=(query, gallery),
         )

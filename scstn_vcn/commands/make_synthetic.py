@@ -1,16 +1,18 @@
-"""``scstn-vcn make-synthetic`` arguments -> ``make_synthetic`` (the CLI module can delegate here)."""
+"""`scstn-vcn make-synthetic`: write the synthetic ReID set (scstn_vcn.data.make_synthetic) to a folder."""
 
 from __future__ import annotations
 
 import argparse
 
-from .synthetic import make_synthetic
-from .synthetic_render import DEFAULT_DETECTION_ERROR, MAX_DETECTION_ERROR
+from scstn_vcn.commands._common import add_traceback_arg
+from scstn_vcn.data.synthetic import make_synthetic
+from scstn_vcn.data.synthetic_render import DEFAULT_DETECTION_ERROR, MAX_DETECTION_ERROR
+
+NAME = "make-synthetic"
+HELP = "write a small synthetic re-id data set"
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="scstn-vcn make-synthetic",
-                                               description="Write a synthetic ReID set in the Market-1501 layout.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", help="folder to write (the data set folder itself)")
     parser.add_argument("--num-identities", type=int, default=240, help="identities in all (about half train)")
     parser.add_argument("--seed", type=int, default=0)
@@ -30,7 +32,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                              f"(default {DEFAULT_DETECTION_ERROR:g})")
     parser.add_argument("--workers", type=int, default=0, help="processes drawing images (output is the same)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty folder that is not this set")
-    return parser
+    add_traceback_arg(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +48,3 @@ def run(args: argparse.Namespace) -> int:
                           verbose=True)
     print(f"synthetic data set in {root}")
     return 0
-
-
-def make_synthetic_main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))

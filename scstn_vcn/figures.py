@@ -4,6 +4,7 @@
   ranked lists      Fig. 7: a query and its top-k gallery images, green border = same identity
   alignment         Fig. 5: the input image and the same image resampled with the SC-STN's theta
   heat maps         Fig. 6: the channel mean of the backbone map M, upsampled over the image
+  search results    a query image and its nearest gallery images, with distances (`scstn-vcn search`)
 """
 
 import os
@@ -19,14 +20,14 @@ import torch.nn.functional as F  # noqa: E402
 FIGURES = ("curves", "ranked", "alignment", "heatmap")
 
 
-def _save(fig, path):
+def save_figure(fig, path, dpi=100):
     """Write the figure to a temporary file beside `path` and rename it: never a half-written image."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     root, ext = os.path.splitext(os.path.basename(path))
     tmp = os.path.join(folder, f".{root}.tmp{os.getpid()}{ext or '.png'}")
     try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight", format=(ext.lstrip(".") or "png"))
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=(ext.lstrip(".") or "png"))
         os.replace(tmp, path)
     finally:
         plt.close(fig)
@@ -64,7 +65,7 @@ def plot_training_curves(log_csv, path):
         if len(keys) > 1:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def load_images(items, height, width):
@@ -121,7 +122,7 @@ def ranked_lists(distmat, q_items, g_items, height, width, path, num_queries=4, 
         for col in range(len(top) + 1, topk + 1):
             axes[row, col].axis("off")
     fig.suptitle("ranked lists (fusion distance): green = same identity, red = different")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -147,7 +148,7 @@ def alignment_figure(model, items, height, width, device, path):
     axes[0, 0].set_ylabel("input")
     axes[1, 0].set_ylabel("SC-STN")
     fig.suptitle("SC-STN alignment: input (top), affine-resampled with the predicted theta (bottom)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -165,7 +166,7 @@ def heatmap_figure(model, items, height, width, device, path):
         _show(axes[0, col], raw[col], f"id {items[col][1]}")
         axes[0, col].imshow(heat[col].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
     fig.suptitle("activation: channel mean of the backbone map")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pick_items(items, count):
@@ -201,3 +202,27 @@ def draw_model_figures(model, dataset, config, device, folder, which, num_querie
     if "heatmap" in which:
         written.append(heatmap_figure(model, samples, height, width, device, os.path.join(folder, "heatmaps.png")))
     return written
+
+
+def draw_ranked(query_path, gallery_paths, ranked, height, width, path, branch="fusion"):
+    """The query (black border) and its ranked gallery images [(rank, gallery index, distance)], each titled
+    with its rank, distance and file name; written to `path` (PNG)."""
+    columns = len(ranked) + 1
+    fig, axes = plt.subplots(1, columns, figsize=(1.2 * columns, 3.0), squeeze=False)
+    raw_q, _ = load_images([(query_path,)], height, width)
+    _show(axes[0, 0], raw_q[0], "query\n" + _short(query_path), border="black")
+    if ranked:
+        raw_g, _ = load_images([(gallery_paths[index],) for _, index, _ in ranked], height, width)
+        for (rank, index, dist), image, ax in zip(ranked, raw_g, axes[0, 1:]):
+            _show(ax, image, f"{rank}: {dist:.3f}\n{_short(gallery_paths[index])}")
+    fig.suptitle(f"top {len(ranked)} of the gallery by {branch} cosine distance")
+    return save_figure(fig, path)
+
+
+def _short(path, limit=16):
+    """The file name, its middle elided when long (the start and end usually tell images apart)."""
+    name = os.path.basename(path)
+    if len(name) <= limit:
+        return name
+    head = (limit - 1) // 2
+    return name[:head] + "…" + name[-(limit - 1 - head):]
