@@ -13,7 +13,7 @@ import os
 import sys
 import sysconfig
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
@@ -108,23 +108,21 @@ def _extension():
     )
 
 
+def _packages():
+    """Every package under scstn_vcn/, discovered (so a new subpackage is never left out of the wheel), and
+    kernels/ with its subpackages as scstn_vcn.kernels; tests/ and benchmarks/ are not installed."""
+    found = find_packages(include=["scstn_vcn", "scstn_vcn.*"])
+    found.append("scstn_vcn.kernels")
+    found += [f"scstn_vcn.kernels.{name}" for name in find_packages("kernels")]
+    return found
+
+
 def main():
     _default_cuda_home()
     from torch.utils.cpp_extension import BuildExtension
 
     setup(
-        packages=[
-            "scstn_vcn",
-            "scstn_vcn.ops",
-            "scstn_vcn.modules",
-            "scstn_vcn.models",
-            "scstn_vcn.losses",
-            "scstn_vcn.data",
-            "scstn_vcn.metrics",
-            "scstn_vcn.engine",
-            "scstn_vcn.configs",
-            "scstn_vcn.kernels",
-        ],
+        packages=_packages(),
         # The Triton kernels live in the top-level kernels/ folder but install only as the
         # subpackage scstn_vcn.kernels: no top-level `kernels` module lands in site-packages.
         package_dir={"scstn_vcn.kernels": "kernels"},

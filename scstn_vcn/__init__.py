@@ -3,7 +3,7 @@ vertical convolution network (VCN) on a ResNet-50, with fused Triton and C++/CUD
 
 import torch  # noqa: F401  (loads libtorch before the compiled extension scstn_vcn._C can be imported)
 
-__version__ = "0.1.0"
+from scstn_vcn._version import __version__
 
 
 def __getattr__(name):
