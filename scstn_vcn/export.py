@@ -1,11 +1,15 @@
-"""Export: query/gallery features to .npz, and the inference model to ONNX (eager ops)."""
+"""Export: query/gallery features to .npz, the inference model to ONNX (eager ops), and the model to share as a
+safetensors model file (scstn_vcn.engine.model_file)."""
 
 import os
+import tempfile
 
 import numpy as np
 import torch
 
 from scstn_vcn import ops
+from scstn_vcn.engine import model_file
+from scstn_vcn.engine.checkpoint import atomic_write
 
 
 def export_features(model, dataset, config, device, path):
@@ -21,12 +25,19 @@ def export_features(model, dataset, config, device, path):
         arrays[f"{prefix}_pids"] = result["pids"].numpy()
         arrays[f"{prefix}_camids"] = result["camids"].numpy()
         arrays[f"{prefix}_paths"] = np.array([str(it[0]) for it in items])
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    # np.savez appends .npz to names without it; write to a temp name, then move into place.
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    # Into a file object (np.savez appends .npz to a name without it), as a temporary file renamed into place.
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
     return path
+
+
+def export_model_file(model, config, source, path, with_classifiers=False):
+    """`model` (built from `source`, a model_file.ModelSource, with `config`) as a safetensors model file:
+    the inference weights, the ID classifiers only with `with_classifiers`; returns the file's size in bytes."""
+    from scstn_vcn.configs import model_identity
+
+    identity = model_identity(config, source.identity["num_classes"])
+    return model_file.save_model_file(path, model, config, identity, with_classifiers=with_classifiers,
+                                      epoch=source.epoch)
 
 
 class _InferenceWrapper(torch.nn.Module):
@@ -65,7 +76,14 @@ def export_onnx(model, config, path, opset=20):
             wrapper, (example,), dynamo=True, opset_version=opset, verbose=False, input_names=["images"], output_names=names,
             dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
         )
-    tmp = path + ".tmp"
-    program.save(tmp)
-    os.replace(tmp, path)
+    # ONNXProgram.save wants a path: a fresh temporary name beside `path` (never a fixed, guessable one), renamed
+    # into place once complete.
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        program.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path

@@ -1,11 +1,11 @@
-"""FeatureExtractor: a trained checkpoint as a function from images to re-id features.
+"""FeatureExtractor: a trained model as a function from images to re-id features.
 
-    fe = FeatureExtractor("runs/r50o_market1501/checkpoint.pth")
+    fe = FeatureExtractor("runs/r50o_market1501/checkpoint.pth")   # or a model.safetensors file
     q = fe(["query.jpg"])                     # {"global": (1, Dg), "spatial": (1, Ds)} float32 CPU
     g = fe(gallery_paths)
     d = fe.distance(q, g)                     # (1, len(gallery)) fused cosine distance, as evaluated
 
-The model is rebuilt from the checkpoint's own configuration (no data set is needed) and run in eval
+The model is rebuilt from the file's own configuration (no data set is needed) and run in eval
 mode with the evaluation transform (resize to the trained input size, ImageNet normalisation), so a
 feature equals the one `scstn-vcn eval` computes for the same image file (on CUDA, `eval` autocasts
 with the run's train.amp: pass the same `amp` to get its numbers).
@@ -26,7 +26,9 @@ BRANCHES = ("global", "spatial")
 class FeatureExtractor:
     """FeatureExtractor(checkpoint, device="auto", backend=None, batch_size=64, amp="off").
 
-    checkpoint   a checkpoint written by `scstn-vcn train` (or the demo).
+    checkpoint   a training checkpoint written by `scstn-vcn train` (or the demo), or a model file written by
+                 `scstn-vcn export --format safetensors`; either is read as data only (no pickle code runs),
+                 and a file that is not what it should be raises CheckpointError naming it.
     device       "auto" (the GPU when there is one), "cpu", "cuda", "cuda:N".
     backend      ops backend for the fused ops: "eager", "native", "triton", or None for the
                  process-wide setting (scstn_vcn.ops.set_backend; "eager" unless changed). A backend
@@ -37,10 +39,8 @@ class FeatureExtractor:
 
     def __init__(self, checkpoint, device="auto", backend=None, batch_size=64, amp="off"):
         from scstn_vcn import ops
-        from scstn_vcn.configs import config_from_saved, model_identity
         from scstn_vcn.data.transforms import build_transforms
-        from scstn_vcn.engine import checkpoint as ckpt
-        from scstn_vcn.engine.builders import build_model_from_config
+        from scstn_vcn.engine import model_file
         from scstn_vcn.engine.runtime import resolve_device
         from scstn_vcn.ops._backend import check_backend_name
 
@@ -59,13 +59,9 @@ class FeatureExtractor:
         self.backend = backend
         self.batch_size = batch_size
         self.amp = amp
-        state = ckpt.load_checkpoint(self.checkpoint)
-        self.config = config_from_saved(state["config"])
-        num_classes = state["identity"]["num_classes"]
-        ckpt.check_identity(self.checkpoint, state, model_identity(self.config, num_classes))
-        model = build_model_from_config(self.config, num_classes, pretrained=False)
-        ckpt.load_model_weights(self.checkpoint, state, model)
-        self.model = model.to(self.device).eval()
+        source = model_file.open_model_source(self.checkpoint)
+        self.config = source.config
+        self.model = model_file.build_inference_model(source).to(self.device).eval()
         self.input_size = (int(self.config["data"]["height"]), int(self.config["data"]["width"]))
         self.transform = build_transforms(*self.input_size, is_train=False)
         self.feature_names = [n for n in BRANCHES if n in self.model.feature_dims]

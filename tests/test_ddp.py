@@ -62,8 +62,8 @@ def test_two_process_gloo_training_keeps_ranks_in_sync(tmp_path):
     output.mkdir()
     mp.spawn(_worker, args=(2, _free_port(), str(root), str(output)), nprocs=2, join=True)
 
-    r0 = torch.load(output / "rank0.pt", weights_only=False)
-    r1 = torch.load(output / "rank1.pt", weights_only=False)
+    r0 = torch.load(output / "rank0.pt", weights_only=True)
+    r1 = torch.load(output / "rank1.pt", weights_only=True)
     assert r0["steps"] == r1["steps"] == 2
     # The ranks trained on disjoint identities ...
     assert not set(r0["labels"].tolist()) & set(r1["labels"].tolist())
@@ -71,7 +71,7 @@ def test_two_process_gloo_training_keeps_ranks_in_sync(tmp_path):
     for key, value in r0["state"].items():
         assert torch.equal(value, r1["state"][key]), key
     # Only rank 0 wrote the checkpoint and the log, with the synchronised weights.
-    checkpoint = torch.load(output / "checkpoint.pth", weights_only=False)
+    checkpoint = torch.load(output / "checkpoint.pth", weights_only=True)
     assert checkpoint["epoch"] == 1 and len(checkpoint["rng"]) == 2
     assert len(r0["state"]) > 20
     for key, value in r0["state"].items():

@@ -149,7 +149,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_data, tmp_path):
     straight = _train(tiny_config(tiny_data, tmp_path / "straight"))
     first = _train(tiny_config(tiny_data, tmp_path / "interrupted"), stop_after=1)
     checkpoint = tmp_path / "interrupted" / "checkpoint.pth"
-    assert torch.load(checkpoint, weights_only=False)["epoch"] == 1
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
     # Scramble the global RNG, as a fresh process would have it, before resuming.
     torch.manual_seed(12345)
     resumed = _train(tiny_config(tiny_data, tmp_path / "interrupted"), resume=str(checkpoint))

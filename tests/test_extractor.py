@@ -1,4 +1,5 @@
-"""scstn_vcn.FeatureExtractor: a checkpoint as a function from images to the features evaluation uses."""
+"""scstn_vcn.FeatureExtractor: a checkpoint or model file as a function from images to the features evaluation
+uses."""
 
 import numpy as np
 import pytest
@@ -58,6 +59,20 @@ def test_features_equal_the_evaluators(trained):
         [item[0] for item in dataset.query])
     for name in ("global", "spatial"):
         torch.testing.assert_close(other[name], q[name], rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_file_gives_the_checkpoints_features(trained, tmp_path):
+    from scstn_vcn.engine import model_file
+
+    checkpoint, dataset = trained
+    source = model_file.open_model_source(checkpoint)
+    exported = tmp_path / "model.safetensors"
+    model_file.save_model_file(exported, model_file.build_inference_model(source), source.config, source.identity)
+    paths = [item[0] for item in dataset.query + dataset.gallery]
+    a = scstn_vcn.FeatureExtractor(checkpoint, device="cpu")(paths)
+    b = scstn_vcn.FeatureExtractor(exported, device="cpu")(paths)
+    for name in ("global", "spatial"):
+        assert torch.equal(a[name], b[name]), name
 
 
 def test_distance_ranks_as_the_evaluation_fuses(trained):

@@ -97,6 +97,35 @@ def test_corrupt_cache_file_says_to_delete_it(torch_home):
     assert calls == []
 
 
+class _RunsACommand:
+    """Unpickling this would run `touch MARKER`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_hostile_cache_file_is_refused_and_runs_nothing(torch_home, tmp_path):
+    home, calls = torch_home
+    marker = tmp_path / "ran"
+    _plant(home, "resnet18-f37072fd.pth", {"conv1.weight": _RunsACommand(marker)})
+    with pytest.raises(ValueError, match=r"resnet18-f37072fd\.pth are not a plain state dict.*refused") as info:
+        build_backbone("resnet18", "O", pretrained="imagenet")
+    assert "weights_only" not in str(info.value)  # never the advice to unpickle it
+    assert not marker.exists() and calls == []
+
+
+def test_hostile_weights_file_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "weights.pth"
+    torch.save({"conv1.weight": _RunsACommand(marker)}, path)
+    with pytest.raises(ValueError, match=r"weights\.pth' is not a plain state dict.*refused"):
+        build_backbone("resnet18", "O", pretrained=str(path))
+    assert not marker.exists()
+
+
 def test_names_without_weights_are_refused(torch_home):
     _, calls = torch_home
     with pytest.raises(ValueError, match="'tiny' backbone has no ImageNet weights"):

@@ -11,7 +11,7 @@ HELP = "ranked lists, SC-STN alignment, heat maps, training curves (PNG)"
 
 
 def add_arguments(parser):
-    parser.add_argument("--checkpoint", metavar="PATH", help="model checkpoint (ranked/alignment/heatmap)")
+    parser.add_argument("--checkpoint", metavar="PATH", help="a training checkpoint or .safetensors model file (ranked/alignment/heatmap)")
     add_config_args(parser)
     parser.add_argument("--device", help="auto | cpu | cuda")
     add_traceback_arg(parser)

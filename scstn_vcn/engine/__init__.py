@@ -1,5 +1,6 @@
 """Training and evaluation engine: the loop (trainer), Adam + warm-up/step schedule (optim),
-atomic checkpoints (checkpoint), torchrun/DDP (distributed), feature extraction (features),
+atomic checkpoints read as data only (checkpoint), the shareable .safetensors model file
+(model_file), torchrun/DDP (distributed), feature extraction (features),
 evaluation and its table (evaluator), CSV/TensorBoard logs (logging), seeding (seed), the
 device/backend choice (runtime), models/losses/data from a config (builders) and the errors that
 mean bad input (errors). The command line that drives it lives in scstn_vcn/commands/."""

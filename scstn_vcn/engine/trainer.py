@@ -158,8 +158,13 @@ class Trainer:
             raise ckpt.CheckpointError(f"checkpoint {path}: its optimizer/scheduler state does not fit this run ({error})") from None
         rng = state.get("rng")
         if rng:
-            # With the same number of processes each rank continues its own stream.
-            set_rng_state(rng[self.info.rank % len(rng)])
+            try:
+                if not isinstance(rng, list):
+                    raise ValueError(f"expected a list of per-rank states, got a {type(rng).__name__}")
+                # With the same number of processes each rank continues its own stream.
+                set_rng_state(rng[self.info.rank % len(rng)])
+            except ValueError as error:
+                raise ckpt.CheckpointError(f"checkpoint {path}: its RNG state cannot be restored ({error})") from None
         self.start_epoch = int(state["epoch"])
         self.say(f"resumed from {path} after epoch {self.start_epoch}")
 

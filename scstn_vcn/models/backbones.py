@@ -21,6 +21,7 @@ state dict loads into it directly. `pretrained=` is one of
 import http.client
 import math
 import os
+import pickle
 import urllib.parse
 
 import torch
@@ -147,6 +148,12 @@ def _apply_state_dict(backbone, state, source):
     return backbone
 
 
+def _refused_by_weights_only(error):
+    """True for torch.load's refusal of a pickle that needs more than tensors and plain containers (as opposed to
+    a truncated or garbled file)."""
+    return "weights only load failed" in str(error).lower()
+
+
 def load_pretrained(backbone, path):
     """Load a torchvision ResNet state dict from the file `path` into `backbone` (fc.* ignored)."""
     path = os.fspath(path)
@@ -154,6 +161,12 @@ def load_pretrained(backbone, path):
         raise FileNotFoundError(f"pretrained: no such file {path!r} (expected a torchvision ResNet state-dict file)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if not _refused_by_weights_only(error):
+            raise ValueError(f"pretrained: could not read {path!r} as a torch state-dict file: {error}") from error
+        # torch's own message would suggest weights_only=False: never for a user's file.
+        raise ValueError(f"pretrained: {path!r} is not a plain state dict (reading it would run code from the file); "
+                         "refused: expected a torchvision ResNet state-dict file") from None
     except Exception as error:  # a corrupt or non-torch file: say which file, keep the cause
         raise ValueError(f"pretrained: could not read {path!r} as a torch state-dict file: {error}") from error
     return _apply_state_dict(backbone, state, repr(path))
@@ -194,7 +207,8 @@ def load_imagenet(backbone, which="imagenet", progress=True):
     cached = imagenet_cache_file(backbone.name, which)
     was_cached = os.path.isfile(cached)
     try:
-        state = weights.get_state_dict(progress=progress, map_location="cpu")
+        # torch.hub unpickles by default; the weights file is a plain state dict, so read it as data only.
+        state = weights.get_state_dict(progress=progress, map_location="cpu", weights_only=True)
     except (OSError, http.client.HTTPException) as error:
         if was_cached:
             raise ValueError(f"pretrained={which!r}: could not read the cached weights {cached} ({error}); "
@@ -205,6 +219,13 @@ def load_imagenet(backbone, which="imagenet", progress=True):
             f"{os.path.dirname(cached)} and could not be downloaded ({reason}); put {weights.url} there "
             f"(the folder follows $TORCH_HOME), or give model.pretrained a file path, or null to train from scratch"
         ) from None
+    except pickle.UnpicklingError as error:
+        if not _refused_by_weights_only(error):
+            raise ValueError(f"pretrained={which!r}: could not read the cached weights {cached} "
+                             f"({type(error).__name__}: {error}); delete the file to fetch it again") from None
+        # A file that would run code when unpickled: never suggest trusting it.
+        raise ValueError(f"pretrained={which!r}: the cached weights {cached} are not a plain state dict (reading "
+                         "them would run code from the file); refused: delete the file to fetch it again") from None
     except Exception as error:  # a truncated or garbled cached file: torch.load's various errors
         raise ValueError(f"pretrained={which!r}: could not read the cached weights {cached} "
                          f"({type(error).__name__}: {error}); delete the file to fetch it again") from None
