@@ -149,13 +149,16 @@ def test_no_import_cycles():
 
 
 @pytest.mark.parametrize("name", ["train", "eval", "demo", "visualize", "export", "extract", "search",
-                                  "make-synthetic", "study"])
+                                  "make-synthetic", "study", "convert-checkpoint"])
 def test_each_sub_command_is_one_module(name):
     """`scstn-vcn NAME` is scstn_vcn/commands/NAME.py (dashes as underscores), which the parser uses."""
     import importlib
 
     from scstn_vcn.cli import build_parser
 
+    from scstn_vcn.commands import COMMANDS
+
+    assert name.replace("-", "_") in COMMANDS
     module = importlib.import_module("scstn_vcn.commands." + name.replace("-", "_"))
     assert module.NAME == name
     parser = build_parser()

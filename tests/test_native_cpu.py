@@ -2,6 +2,10 @@
 bitwise-deterministic backward passes (also across thread counts), layout independence, and input errors
 raised from C++ that name the argument. The random-case comparison against eager lives in test_op_*.py."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -242,6 +246,104 @@ def test_separable_layouts_give_bitwise_equal_results(shape, dtype):
     for name, values in results.items():
         for a, b in zip(values, results["contiguous"]):
             assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
+# --- large outputs reuse their memory (csrc/cpu/output_cache.h) ---
+
+HUGE_PAGE = 2 << 20  # outputs of at least this many bytes come from the reuse cache
+
+
+def _separable_backward_call(shape):
+    """A native separable backward at `shape` (float32) and its first result, grad_x, cloned."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(*shape, generator=gen)
+    theta = make_theta(shape[0], "norot", torch.float32, seed=5)
+    g = torch.randn(shape[:3], generator=gen)
+    N = native()
+    _, argmax = N.affine_hpool_separable(x, theta)
+
+    def call():
+        return N.affine_hpool_separable_backward(g, x, theta, argmax)[0]
+
+    return call, call().clone()
+
+
+@pytest.mark.skipif(bool(os.environ.get("SCSTN_VCN_CPU_OUTPUT_CACHE_MB")), reason="the output cache is configured")
+@pytest.mark.parametrize(
+    "shape", [(4, 512, 24, 16), (2, 512, 32, 16), (1, 1365, 24, 16)], ids=["3MiB", "2MiB", "2MiB-minus-512"]
+)
+def test_a_freed_large_output_is_reused_and_fully_rewritten(shape):
+    """A large grad_x lands on whole 2 MiB pages; once freed, the next call of the same size gets the same
+    memory back, and its stale contents (NaN here) never reach the result. 2 MiB exactly is the smallest
+    cached size; 1365 * 24 * 16 * 4 bytes, 512 under it, comes from torch's allocator (values checked only)."""
+    call, expected = _separable_backward_call(shape)
+    cached = expected.numel() * expected.element_size() >= HUGE_PAGE
+    first = call()
+    address = first.data_ptr()
+    if cached:
+        assert address % HUGE_PAGE == 0
+    first.fill_(float("nan"))
+    del first
+    second = call()
+    if cached:
+        assert second.data_ptr() == address
+    assert torch.equal(second, expected)
+
+
+def test_a_cached_output_can_grow_and_keeps_its_values():
+    call, expected = _separable_backward_call((4, 512, 24, 16))
+    grad = call()
+    grad.resize_(2 * grad.numel())  # a new, larger block: the old one's values are copied over
+    assert torch.equal(grad[: expected.numel()].view_as(expected), expected)
+
+
+PROBE = """
+import sys
+import torch
+from scstn_vcn import ops
+ops.load_native()
+x, theta, g = torch.load(sys.argv[1], weights_only=True)
+N = torch.ops.scstn_vcn
+for attempt in range(2):
+    try:
+        _, argmax = N.affine_hpool_separable(x, theta)
+        grad = N.affine_hpool_separable_backward(g, x, theta, argmax)[0]
+        print("aligned" if grad.data_ptr() % (2 << 20) == 0 else "unaligned")
+        torch.save(grad, sys.argv[2])
+    except RuntimeError as error:
+        print("error:", str(error).splitlines()[0])
+"""
+
+
+@pytest.mark.parametrize("value", ["0", "12abc"])
+def test_output_cache_setting_is_obeyed_or_named_when_bad(value, tmp_path):
+    """SCSTN_VCN_CPU_OUTPUT_CACHE_MB=0: large outputs come from torch's allocator (glibc puts a header
+    before a mapped block, so never on a 2 MiB boundary) with the same values; a bad value raises an
+    error naming the variable, on every call. The variable is read once per process: a subprocess."""
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(4, 512, 24, 16, generator=gen)  # grad_x: 3 MiB
+    theta = make_theta(4, "norot", torch.float32, seed=6)
+    g = torch.randn(4, 512, 24, generator=gen)
+    torch.save((x, theta, g), tmp_path / "inputs.pt")
+    env = dict(os.environ, SCSTN_VCN_CPU_OUTPUT_CACHE_MB=value)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(tmp_path / "inputs.pt"), str(tmp_path / "grad.pt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    if value == "0":
+        assert lines == ["unaligned", "unaligned"]
+        _, argmax = native().affine_hpool_separable(x, theta)
+        expected = native().affine_hpool_separable_backward(g, x, theta, argmax)[0]
+        assert torch.equal(torch.load(tmp_path / "grad.pt", weights_only=True), expected)
+    else:
+        assert len(lines) == 2
+        for line in lines:
+            assert line.startswith("error:") and "SCSTN_VCN_CPU_OUTPUT_CACHE_MB" in line and "'12abc'" in line, line
 
 
 # --- errors from C++ name the argument ---

@@ -31,6 +31,7 @@
 #include "checks.h"
 #include "cpu/bilinear_taps.h"
 #include "cpu/cpu_utils.h"
+#include "cpu/output_cache.h"
 
 #include <torch/library.h>
 
@@ -256,8 +257,8 @@ std::tuple<at::Tensor, at::Tensor> affine_hpool_cpu(const at::Tensor& x, const a
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   TORCH_CHECK(W <= INT32_MAX, "x: W = ", W, " does not fit the int32 argmax");
   auto theta = theta_in.contiguous();
-  auto out = at::empty({B, C, H}, x.options());
-  auto argmax = at::empty({B, C, H}, x.options().dtype(at::kInt));
+  auto out = empty_output({B, C, H}, x.options());
+  auto argmax = empty_output({B, C, H}, x.options().dtype(at::kInt));
   const int64_t tiles = num_tiles(C);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "affine_hpool_cpu", [&] {
@@ -330,7 +331,7 @@ std::tuple<at::Tensor, at::Tensor> affine_hpool_backward_cpu(const at::Tensor& g
 
   auto theta = theta_in.contiguous();
   auto am = argmax.contiguous();
-  auto grad_x = at::empty({B, C, H, W}, x.options());
+  auto grad_x = empty_output({B, C, H, W}, x.options());
   auto grad_theta = at::empty({B, 2, 3}, theta.options());
   const int64_t tiles = num_tiles(C);
   std::vector<double> partial(B * tiles * 6);

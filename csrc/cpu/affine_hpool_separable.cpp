@@ -22,8 +22,8 @@
 //   column taps / colsum applied once per item. The max term adds four gathered values per (c, h).
 // Vectorisation: every channel of an image shares the taps, so the forward and the backward's row-side
 // vectors (q, p) process kLanes channels side by side, one per vector lane; the rest of the backward
-// runs along the W columns of one channel (in registers for W = 8, 16 with AVX2). Outputs of many
-// megabytes get transparent huge pages (advise_huge_pages), whose first-touch faults cost less.
+// runs along the W columns of one channel (in registers for W = 8, 16 with AVX2). The outputs come from
+// empty_output (output_cache.h): memory reused from call to call, so no call pays fresh page faults.
 // Work items are (b, tile of kChannelTile channels), as in the other CPU kernels: each item writes its own
 // dx planes and four partial sums of dtheta, added in tile order afterwards -- deterministic whatever the
 // thread count.
@@ -36,14 +36,12 @@
 #include "checks.h"
 #include "cpu/bilinear_taps.h"
 #include "cpu/cpu_utils.h"
+#include "cpu/output_cache.h"
 
 #include <torch/library.h>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
-#endif
-#if defined(__linux__)
-#include <sys/mman.h>
 #endif
 
 namespace scstn_vcn {
@@ -328,23 +326,6 @@ void item_partials(const Factors<acc_t>& f, const acc_t* Aq, const acc_t* A11, c
   out[3] = hh * static_cast<double>(th[3]) + hh * inv_w * s12;
 }
 
-// A freshly allocated output of many megabytes is first touched page by page; with 4 KiB pages those
-// faults cost more than the whole kernel (dx at the paper shape, 50 MB: about 20 ms of faults on a 2-core
-// VM against 2.5 ms with 2 MiB pages). Ask Linux for transparent huge pages on the output's whole 2 MiB
-// pages before it is written (the advice applies to memory this tensor owns; where THP is off it is a
-// no-op). torch does the same for every allocation when THP_MEM_ALLOC_ENABLE=1 is set.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t last = (begin + t.nbytes()) & ~(kHuge - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // advice only
-#else
-  (void)t;
-#endif
-}
-
 void check_x_theta(const at::Tensor& x, const at::Tensor& theta) {
   check_float(x, "x");
   check_dim(x, 4, "x", "(B, C, H, W)");
@@ -360,10 +341,8 @@ std::tuple<at::Tensor, at::Tensor> affine_hpool_separable_cpu(const at::Tensor& 
   check_x_theta(x, theta_in);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   auto theta = theta_in.contiguous();
-  auto out = at::empty({B, C, H}, x.options());
-  auto argmax = at::empty({B, C, H}, x.options().dtype(at::kInt));
-  advise_huge_pages(out);
-  advise_huge_pages(argmax);
+  auto out = empty_output({B, C, H}, x.options());
+  auto argmax = empty_output({B, C, H}, x.options().dtype(at::kInt));
   const int64_t tiles = num_tiles(C);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "affine_hpool_separable_cpu", [&] {
@@ -415,8 +394,7 @@ std::tuple<at::Tensor, at::Tensor> affine_hpool_separable_backward_cpu(const at:
 
   auto theta = theta_in.contiguous();
   auto am = argmax.contiguous();
-  auto grad_x = at::empty({B, C, H, W}, x.options().memory_format(at::MemoryFormat::Contiguous));
-  advise_huge_pages(grad_x);
+  auto grad_x = empty_output({B, C, H, W}, x.options());
   auto grad_theta = at::zeros({B, 2, 3}, theta.options());
   const int64_t tiles = num_tiles(C);
   std::vector<double> partial(B * tiles * 4);
