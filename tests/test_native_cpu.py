@@ -290,6 +290,39 @@ def test_a_freed_large_output_is_reused_and_fully_rewritten(shape):
     assert torch.equal(second, expected)
 
 
+def _backward_calls(shape):
+    """Native backward calls whose first result (grad_x, float32, `shape`) is large: (name, call, expected)."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(*shape, generator=gen)
+    N = native()
+    calls = []
+    for name in ("affine_hpool", "affine_hpool_separable"):
+        theta = make_theta(shape[0], "norot" if name.endswith("separable") else "rotation", torch.float32, seed=5)
+        g = torch.randn(shape[:3], generator=gen)
+        _, argmax = getattr(N, name)(x, theta)
+        backward = getattr(N, name + "_backward")
+        calls.append((name, lambda b=backward, g=g, t=theta, a=argmax: b(g, x, t, a)[0]))
+    _, _, argmax = N.channel_pool(x)
+    g_mean, g_pool = torch.randn(shape[0], *shape[2:], generator=gen), torch.randn(shape[:2], generator=gen)
+    calls.append(("channel_pool", lambda: N.channel_pool_backward(g_mean, g_pool, argmax, x)))
+    return [(name, call, call().clone()) for name, call in calls]
+
+
+@pytest.mark.skipif(bool(os.environ.get("SCSTN_VCN_CPU_OUTPUT_CACHE_MB")), reason="the output cache is configured")
+def test_every_large_cpu_gradient_reuses_memory_without_stale_values():
+    """channel_pool and both affine_hpool paths take grad_x from the reuse cache; a NaN-filled freed block
+    never shows through."""
+    for name, call, expected in _backward_calls((4, 512, 24, 16)):
+        first = call()
+        address = first.data_ptr()
+        assert address % HUGE_PAGE == 0, name
+        first.fill_(float("nan"))
+        del first
+        second = call()
+        assert second.data_ptr() == address, name
+        assert torch.equal(second, expected), name
+
+
 def test_a_cached_output_can_grow_and_keeps_its_values():
     call, expected = _separable_backward_call((4, 512, 24, 16))
     grad = call()
