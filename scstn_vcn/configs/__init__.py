@@ -60,7 +60,21 @@ DEFAULTS = {
         "max_steps_per_epoch": 0,  # 0: the whole sampler epoch (a cap is for smoke runs)
         "threads": 0,  # torch intra-op CPU threads; 0 keeps torch's default
     },
-    "eval": {"batch_size": 128, "workers": 4, "chunk_size": 4096},
+    "eval": {
+        "batch_size": 128,
+        "workers": 4,
+        "chunk_size": 4096,
+        # k-reciprocal re-ranking (Zhong et al. 2017): adds "+rk" rows (scstn_vcn.metrics.rerank)
+        "rerank": False,
+        "rerank_k1": 20,
+        "rerank_k2": 6,
+        "rerank_lambda": 0.3,
+        # alpha-query expansion (fast-reid's aqe): adds "+qe" rows, before re-ranking when both are on
+        "query_expansion": False,
+        "qe_k": 10,
+        "qe_alpha": 3.0,
+        "qe_times": 1,
+    },
 }
 
 SECTIONS = tuple(DEFAULTS)
@@ -228,7 +242,39 @@ def validate(config):
         raise ConfigError(f"optim.lr must be a positive number, got {optim['lr']!r}")
     if not isinstance(data["workers"], int) or data["workers"] < 0:
         raise ConfigError(f"data.workers must be a non-negative integer, got {data['workers']!r}")
+    validate_eval(config["eval"])
     return config
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_eval(section):
+    """The eval section: positive sizes, booleans for the switches, and re-ranking / query expansion
+    settings in their ranges (the same checks RerankConfig and QueryExpansionConfig make, named by key)."""
+    for key in ("batch_size", "chunk_size", "rerank_k1", "qe_k", "qe_times"):
+        if not _is_int(section[key]) or section[key] < 1:
+            raise ConfigError(f"eval.{key} must be a positive integer, got {section[key]!r}")
+    if not _is_int(section["workers"]) or section["workers"] < 0:
+        raise ConfigError(f"eval.workers must be a non-negative integer, got {section['workers']!r}")
+    for key in ("rerank", "query_expansion"):
+        if not isinstance(section[key], bool):
+            raise ConfigError(f"eval.{key} must be true or false, got {section[key]!r}")
+    k2 = section["rerank_k2"]
+    if not _is_int(k2) or not 1 <= k2 <= section["rerank_k1"] + 1:
+        raise ConfigError(f"eval.rerank_k2 must be an integer from 1 to eval.rerank_k1 + 1 = "
+                          f"{section['rerank_k1'] + 1}, got {k2!r}")
+    lam = section["rerank_lambda"]
+    if not _is_number(lam) or not 0 <= lam <= 1:
+        raise ConfigError(f"eval.rerank_lambda must be a number in [0, 1], got {lam!r}")
+    alpha = section["qe_alpha"]
+    if not _is_number(alpha) or not 0 <= alpha < float("inf"):
+        raise ConfigError(f"eval.qe_alpha must be a finite number >= 0, got {alpha!r}")
 
 
 def dump_config(config):

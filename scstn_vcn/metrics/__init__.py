@@ -5,18 +5,28 @@
 * ``evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50) -> (cmc, mAP)``
   (torchreid's signature) and ``evaluate_rank_full(...) -> {"cmc", "mAP", "mINP", "num_valid_queries"}``.
 * ``evaluate_features(query_feats, gallery_feats, q_pids, g_pids, q_camids, g_camids, *, fusion,
-  chunk_size, device, max_rank) -> {name: {"rank1", "rank5", "rank10", "mAP", "mINP", ...}}``.
+  chunk_size, device, max_rank, rerank=None, query_expansion=None) -> {name: {"rank1", "rank5", "rank10",
+  "mAP", "mINP", ...}}``; with ``rerank=RerankConfig(...)`` also "name+rk" rows, with
+  ``query_expansion=QueryExpansionConfig(...)`` "name+qe" (and "name+qe+rk") rows.
+* ``k_reciprocal_rerank(query, gallery, config)``: k-reciprocal re-ranked (q, g) distances in memory
+  linear in q + g; ``alpha_query_expansion(query, gallery, config)``: alpha-QE'd features.
 """
 
 from .distance import cosine_distance
+from .query_expansion import QueryExpansionConfig, alpha_query_expansion
 from .rank import evaluate_rank, evaluate_rank_full
+from .rerank import RerankConfig, k_reciprocal_rerank
 from .streaming import DEFAULT_CHUNK_SIZE, StreamingRankEvaluator, evaluate_features
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "QueryExpansionConfig",
+    "RerankConfig",
     "StreamingRankEvaluator",
+    "alpha_query_expansion",
     "cosine_distance",
     "evaluate_features",
     "evaluate_rank",
     "evaluate_rank_full",
+    "k_reciprocal_rerank",
 ]

@@ -19,6 +19,12 @@ so the default ``chunk_size=512`` against MSMT17's 82,161 gallery images needs 0
 (512 x 82,161 x ~21 B), under the ~2 GB budget with room for the GPU sort's scratch space.
 The gallery features themselves are moved to ``device`` once (every chunk needs them).
 Time is dominated by the per-row sort on the CPU and by the matmul for wide features.
+
+With ``rerank`` the same query chunks are also re-ranked (scstn_vcn.metrics.rerank): before the
+chunks, one blocked pass over all (q + g)^2 distances finds every item's k1 + 1 nearest items (for
+each feature and the fusion at once), then each chunk adds about three more (chunk_size, num_gallery)
+matrices (the squared distances, the Jaccard distances, the result), plus O((q + g) k1) for the
+sparse encodings. ``query_expansion`` holds one expanded copy of the features.
 """
 
 from __future__ import annotations
@@ -29,7 +35,11 @@ import numpy as np
 import torch
 
 from .distance import _as_feature_tensor, cosine_distance_rows, inverse_norms
+from .item_features import ItemFeatures
+from .knn import block_size_for, nearest_neighbours
+from .query_expansion import QueryExpansionConfig, alpha_query_expansion
 from .rank import JUNK_PID, as_1d_array, check_max_rank, no_valid_query_error
+from .rerank import KReciprocalEncoding, RerankConfig
 
 DEFAULT_CHUNK_SIZE = 512
 
@@ -156,6 +166,57 @@ def _check_features(query_feats: Mapping, gallery_feats: Mapping, num_q: int, nu
     return list(query_feats)
 
 
+def _check_option(value, cls, name):
+    if value is not None and not isinstance(value, cls):
+        raise TypeError(f"{name} must be a {cls.__name__} or None, got {type(value).__name__}")
+    return value
+
+
+@torch.no_grad()
+def _evaluate_feature_set(query, gallery, names, fusion, ids, *, chunk_size, device, cmc_len, suffix, rerank):
+    """{name + suffix: result} for the features and their fusion, and with ``rerank`` also
+    {name + suffix + "+rk": result} from the re-ranked distances of the same query chunks."""
+    q_pids, g_pids, q_camids, g_camids = ids
+    outputs = names + (["fusion"] if fusion else [])
+    evaluators = {n + suffix: StreamingRankEvaluator(g_pids, g_camids, cmc_len, device) for n in outputs}
+    encodings = {}
+    if rerank is not None:
+        items = ItemFeatures(query, gallery, device)
+        views = {n: (n,) for n in names}
+        if fusion:
+            views["fusion"] = fusion
+        # One pass over the distance blocks serves every view (the fusion sums the branches' blocks).
+        neighbours = nearest_neighbours(items, views, rerank.k1 + 1, block_size_for(int(chunk_size), items.num_items))
+        for view, branches in views.items():
+            encodings[view] = KReciprocalEncoding(items, branches, neighbours.pop(view), rerank, int(chunk_size))
+            evaluators[view + suffix + "+rk"] = StreamingRankEvaluator(g_pids, g_camids, cmc_len, device)
+        del items, neighbours
+    gallery = {n: gallery[n].to(device) for n in names}
+    g_inv = {n: inverse_norms(g) for n, g in gallery.items()}
+
+    def update(view, dist, start, stop, pids, camids):
+        evaluators[view + suffix].update(dist, pids, camids)
+        if view in encodings:
+            evaluators[view + suffix + "+rk"].update(encodings[view].distances(start, stop, dist), pids, camids)
+
+    for start in range(0, q_pids.shape[0], int(chunk_size)):
+        stop = min(start + int(chunk_size), q_pids.shape[0])
+        pids, camids = q_pids[start:stop], q_camids[start:stop]
+        fused = None
+        for n in names:
+            q = query[n][start:stop].to(device)
+            dist = cosine_distance_rows(q, gallery[n], inverse_norms(q), g_inv[n])
+            update(n, dist, start, stop, pids, camids)
+            if n in fusion:
+                # Summed in place so at most one extra (chunk, gallery) matrix is alive for fusion.
+                fused = dist if fused is None else fused.add_(dist)
+            del dist
+        if fusion:
+            update("fusion", fused, start, stop, pids, camids)
+        del fused
+    return {name: evaluator.compute() for name, evaluator in evaluators.items()}
+
+
 @torch.no_grad()
 def evaluate_features(
     query_feats: Mapping[str, torch.Tensor],
@@ -169,14 +230,25 @@ def evaluate_features(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     device=None,
     max_rank: int = 50,
+    rerank: RerankConfig | None = None,
+    query_expansion: QueryExpansionConfig | None = None,
 ) -> dict[str, dict]:
-    """Cosine-distance evaluation of every feature, and of their fusion, in query chunks.
+    """Cosine-distance evaluation of every feature, and of their fusion, in query chunks; optionally
+    with k-reciprocal re-ranking and alpha-query expansion as well.
 
     For each name in ``query_feats`` (the same names must be in ``gallery_feats``) the gallery
     is ranked by ``cosine_distance``; ``"fusion"`` ranks by the sum of the cosine distances of
     the ``fusion`` features and is computed only when all of them are present (``fusion=None``
     or ``()`` turns it off). Results equal ``evaluate_rank_full`` on the full matrices up to
     float rounding (see the module docstring for memory).
+
+    ``rerank=RerankConfig(k1, k2, lambda_value)`` adds a row ``name + "+rk"`` per feature and for the
+    fusion, ranked by the k-reciprocal re-ranked distance of that feature's (or the fusion's) distance
+    (scstn_vcn.metrics.rerank: the published algorithm, exact, in O((q + g) k1 + chunk_size * g) memory).
+    ``query_expansion=QueryExpansionConfig(qe_k, alpha, qe_times)`` adds rows ``name + "+qe"`` ranked
+    on alpha-query-expanded features (scstn_vcn.metrics.query_expansion; one more copy of the features);
+    with both, the re-ranked rows are ``name + "+qe+rk"``: re-ranking of the expanded features. The
+    plain rows are always there.
 
     Returns ``{name: {"rank1", "rank5", "rank10", "mAP", "mINP": float in [0, 1],
     "cmc": array (max_rank,), "num_valid_queries": int}}``. ``device`` defaults to the
@@ -189,35 +261,27 @@ def evaluate_features(
     max_rank = check_max_rank(max_rank)
     if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    rerank = _check_option(rerank, RerankConfig, "rerank")
+    query_expansion = _check_option(query_expansion, QueryExpansionConfig, "query_expansion")
     names = _check_features(query_feats, gallery_feats, q_pids.shape[0], g_pids.shape[0])
     fusion = tuple(fusion or ())
-    do_fusion = len(fusion) > 0 and all(name in names for name in fusion)
+    # The fused views sum the branches in the features' order, as the chunk loop does.
+    fusion = tuple(n for n in names if n in fusion) if fusion and all(n in names for n in fusion) else ()
 
     query = {n: _as_feature_tensor(f"query_feats[{n!r}]", query_feats[n]) for n in names}
     if device is None:
         device = query[names[0]].device
     device = torch.device(device)
     gallery = {n: _as_feature_tensor(f"gallery_feats[{n!r}]", gallery_feats[n]).to(device) for n in names}
-    g_inv = {n: inverse_norms(g) for n, g in gallery.items()}
 
     # rank-10 is always reported, so the CMC is accumulated to at least 10 ranks.
-    cmc_len = max(max_rank, 10)
-    outputs = names + (["fusion"] if do_fusion else [])
-    evaluators = {n: StreamingRankEvaluator(g_pids, g_camids, cmc_len, device) for n in outputs}
-
-    for start in range(0, q_pids.shape[0], int(chunk_size)):
-        stop = start + int(chunk_size)
-        pids, camids = q_pids[start:stop], q_camids[start:stop]
-        fused = None
-        for n in names:
-            q = query[n][start:stop].to(device)
-            dist = cosine_distance_rows(q, gallery[n], inverse_norms(q), g_inv[n])
-            evaluators[n].update(dist, pids, camids)
-            if do_fusion and n in fusion:
-                # Summed in place so at most one extra (chunk, gallery) matrix is alive for fusion.
-                fused = dist if fused is None else fused.add_(dist)
-            del dist
-        if do_fusion:
-            evaluators["fusion"].update(fused, pids, camids)
-        del fused
-    return {n: _summary(evaluators[n].compute(), max_rank) for n in outputs}
+    ids = (q_pids, g_pids, q_camids, g_camids)
+    settings = {"chunk_size": chunk_size, "device": device, "cmc_len": max(max_rank, 10)}
+    results = _evaluate_feature_set(query, gallery, names, fusion, ids, suffix="",
+                                    rerank=None if query_expansion else rerank, **settings)
+    if query_expansion is not None:
+        query, gallery = alpha_query_expansion(query, gallery, query_expansion, chunk_size=int(chunk_size),
+                                               device=device)
+        results.update(_evaluate_feature_set(query, gallery, names, fusion, ids, suffix="+qe", rerank=rerank,
+                                             **settings))
+    return {name: _summary(result, max_rank) for name, result in results.items()}

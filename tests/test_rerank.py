@@ -1,0 +1,247 @@
+"""k-reciprocal re-ranking (scstn_vcn.metrics.rerank, knn) against the dense reference (tests/dense_rerank.py):
+equal final distances and identical CMC / mAP / mINP on clustered features, exact ties and duplicates,
+bounded memory, and errors that name the argument."""
+
+import numpy as np
+import pytest
+import torch
+from dense_rerank import all_distances, k_reciprocal_dense
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from scstn_vcn.metrics import RerankConfig, evaluate_features, evaluate_rank_full, k_reciprocal_rerank
+from scstn_vcn.metrics.item_features import ItemFeatures
+from scstn_vcn.metrics.knn import nearest_neighbours, smallest_k
+
+NUM_QUERY, NUM_GALLERY = 23, 131  # odd sizes: blocks and chunks end short
+SETTINGS = [(1, 1), (1, 2), (2, 1), (2, 3), (20, 1), (20, 6)]  # (k1, k2), k2 <= k1 + 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These problems are tiny: one thread avoids thread start-up costs on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def clustered(rng, n, dim, num_clusters=9, spread=0.7):
+    """Gaussian clusters (so that reciprocal sets and their expansion are not trivial), float32; labels."""
+    centers = rng.standard_normal((num_clusters, dim))
+    labels = rng.integers(0, num_clusters, n)
+    return (centers[labels] + spread * rng.standard_normal((n, dim))).astype(np.float32), labels
+
+
+def exact_clustered(rng, n, dim=24, nonzeros=16, num_clusters=7, copies=5):
+    """Features whose cosine distances are computed exactly in float32 in any summation order: 16 entries
+    of +-1 a row (norm 4), so every distance is a multiple of 1/16 and ties are exact. Cluster members flip
+    a few signs of their centre; the first ``copies`` items are one feature repeated (duplicates)."""
+    centers = np.zeros((num_clusters, dim), np.float32)
+    for c in centers:
+        c[rng.choice(dim, nonzeros, replace=False)] = rng.choice([-1.0, 1.0], nonzeros)
+    labels = rng.integers(0, num_clusters, n)
+    x = centers[labels].copy()
+    for row in x:
+        support = np.flatnonzero(row)
+        flip = rng.choice(support, rng.integers(0, 4), replace=False)
+        row[flip] *= -1
+    x[1:copies] = x[0]
+    labels[1:copies] = labels[0]
+    return x, labels
+
+
+def ids_from(labels, rng, num_query):
+    cams = rng.integers(0, 4, labels.shape[0])
+    return labels[:num_query], labels[num_query:], cams[:num_query], cams[num_query:]
+
+
+def assert_same_ranking(got, ref, ids):
+    """Identical CMC / mAP / mINP from the two (q, g) distance matrices."""
+    a = evaluate_rank_full(got, *ids, max_rank=20)
+    b = evaluate_rank_full(ref, *ids, max_rank=20)
+    np.testing.assert_array_equal(a["cmc"], b["cmc"])
+    assert (a["mAP"], a["mINP"], a["num_valid_queries"]) == (b["mAP"], b["mINP"], b["num_valid_queries"])
+
+
+@pytest.mark.parametrize("features", ["clustered", "exact_with_duplicates"])
+@pytest.mark.parametrize("k1,k2", SETTINGS)
+@pytest.mark.parametrize("lambda_value", [0.0, 0.3, 1.0])
+def test_rerank_equals_dense_reference(features, k1, k2, lambda_value):
+    rng = np.random.default_rng(1000 * k1 + 10 * k2 + int(10 * lambda_value))
+    n = NUM_QUERY + NUM_GALLERY
+    x, labels = clustered(rng, n, 16) if features == "clustered" else exact_clustered(rng, n)
+    query, gallery = x[:NUM_QUERY], x[NUM_QUERY:]
+    ref = k_reciprocal_dense(all_distances({"f": query}, {"f": gallery}), NUM_QUERY, k1, k2, lambda_value)
+    got = k_reciprocal_rerank(
+        torch.from_numpy(query), torch.from_numpy(gallery), RerankConfig(k1, k2, lambda_value), chunk_size=17
+    )
+    assert got.shape == (NUM_QUERY, NUM_GALLERY) and got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-5)
+    assert_same_ranking(got.numpy(), ref, ids_from(labels, rng, NUM_QUERY))
+
+
+def test_rerank_changes_the_ranking_and_lambda_one_keeps_it():
+    """The encoding is not trivial on these features (lambda < 1 reorders), and lambda = 1 leaves the
+    normalised squared distance, which ranks as the distance does."""
+    rng = np.random.default_rng(5)
+    x, _ = clustered(rng, NUM_QUERY + NUM_GALLERY, 16)
+    query, gallery = torch.from_numpy(x[:NUM_QUERY]), torch.from_numpy(x[NUM_QUERY:])
+    plain = all_distances({"f": x[:NUM_QUERY]}, {"f": x[NUM_QUERY:]})[:NUM_QUERY, NUM_QUERY:]
+    order = np.argsort(plain, axis=1, kind="stable")
+    reranked = k_reciprocal_rerank(query, gallery, RerankConfig(20, 6, 0.3)).numpy()
+    assert (np.argsort(reranked, axis=1, kind="stable") != order).any(axis=1).mean() > 0.5
+    only_distance = k_reciprocal_rerank(query, gallery, RerankConfig(20, 6, 1.0)).numpy()
+    np.testing.assert_array_equal(np.argsort(only_distance, axis=1, kind="stable")[:, :10], order[:, :10])
+
+
+def test_fused_features_and_evaluate_features_rows():
+    """The fusion re-ranks the sum of the branches' distances; evaluate_features' "+rk" rows equal the
+    dense reference's metrics for each branch and the fusion, and its plain rows are unchanged."""
+    rng = np.random.default_rng(7)
+    n = NUM_QUERY + NUM_GALLERY
+    glob, labels = clustered(rng, n, 12)
+    spatial = glob[:, :8] @ rng.standard_normal((8, 20)).astype(np.float32) + rng.standard_normal((n, 20)).astype(
+        np.float32
+    )
+    feats = {"global": glob, "spatial": spatial}
+    qf = {k: torch.from_numpy(v[:NUM_QUERY]) for k, v in feats.items()}
+    gf = {k: torch.from_numpy(v[NUM_QUERY:]) for k, v in feats.items()}
+    ids = ids_from(labels, rng, NUM_QUERY)
+    config = RerankConfig(20, 6, 0.3)
+    got = evaluate_features(qf, gf, *ids, chunk_size=10, max_rank=20, rerank=config)
+    plain = evaluate_features(qf, gf, *ids, chunk_size=10, max_rank=20)
+    assert list(got) == ["global", "spatial", "fusion", "global+rk", "spatial+rk", "fusion+rk"]
+    for name in plain:
+        np.testing.assert_array_equal(got[name]["cmc"], plain[name]["cmc"])
+        assert got[name]["mAP"] == plain[name]["mAP"]
+    for name, branches in (("global", ["global"]), ("spatial", ["spatial"]), ("fusion", ["global", "spatial"])):
+        dist = all_distances({b: feats[b][:NUM_QUERY] for b in branches}, {b: feats[b][NUM_QUERY:] for b in branches})
+        ref = evaluate_rank_full(k_reciprocal_dense(dist, NUM_QUERY, 20, 6, 0.3), *ids, max_rank=20)
+        np.testing.assert_array_equal(got[name + "+rk"]["cmc"], ref["cmc"])
+        # The streaming evaluator sums the per-query AP / INP in another order than evaluate_rank_full.
+        assert got[name + "+rk"]["mAP"] == pytest.approx(ref["mAP"], rel=1e-12, abs=0)
+        assert got[name + "+rk"]["mINP"] == pytest.approx(ref["mINP"], rel=1e-12, abs=0)
+    direct = k_reciprocal_rerank(qf, gf, config).numpy()
+    fused_ref = k_reciprocal_dense(
+        all_distances({b: v[:NUM_QUERY] for b, v in feats.items()}, {b: v[NUM_QUERY:] for b, v in feats.items()}),
+        NUM_QUERY,
+        20,
+        6,
+        0.3,
+    )
+    np.testing.assert_allclose(direct, fused_ref, rtol=0, atol=1e-5)
+
+
+def test_fewer_items_than_k1_float64_and_device_kept():
+    rng = np.random.default_rng(3)
+    x, _ = clustered(rng, 9, 5, num_clusters=2)
+    x = x.astype(np.float64)
+    got = k_reciprocal_rerank(torch.from_numpy(x[:3]), torch.from_numpy(x[3:]), RerankConfig(20, 6, 0.3), chunk_size=4)
+    assert got.dtype == torch.float64
+    ref = k_reciprocal_dense(all_distances({"f": x[:3]}, {"f": x[3:]}), 3, 20, 6, 0.3)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("k1", range(1, 42))
+def test_expansion_k_rounds_half_to_even_like_numpy(k1):
+    assert RerankConfig(k1, 1).expansion_k == int(np.around(k1 / 2.0))
+
+
+@pytest.mark.parametrize("block", [2, 5, 13, 200])
+def test_nearest_neighbours_match_a_full_stable_sort(block):
+    """Exact top-k in blocks, on distances with many exact ties (and duplicates), equals a stable argsort."""
+    rng = np.random.default_rng(block)
+    x, _ = exact_clustered(rng, 61, copies=9)
+    items = ItemFeatures({"f": torch.from_numpy(x[:20])}, {"f": torch.from_numpy(x[20:])})
+    dist = all_distances({"f": x[:20]}, {"f": x[20:]})
+    for k in (1, 2, 7, 61):
+        got = nearest_neighbours(items, {"v": ("f",)}, k, block)["v"]
+        expected = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(got.index.numpy(), expected)
+        np.testing.assert_array_equal(got.distance.numpy(), np.take_along_axis(dist, expected, 1).astype(np.float32))
+        np.testing.assert_array_equal(got.sq_max.numpy(), (dist * dist).max(1).astype(np.float32))
+
+
+def test_smallest_k_resolves_ties_at_the_boundary_by_index():
+    values = torch.tensor([[3.0, 1.0, 2.0, 1.0, 2.0, 2.0, 0.0], [5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0]])
+    top, index = smallest_k(values, 4)
+    assert index.tolist() == [[6, 1, 3, 2], [0, 1, 2, 3]]
+    assert top.tolist() == [[0.0, 1.0, 1.0, 2.0], [5.0] * 4]
+    for k in range(1, 8):
+        expected = torch.sort(values, dim=1, stable=True).indices[:, :k]
+        assert torch.equal(smallest_k(values, k)[1], expected)
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the number of elements of the largest tensor any torch operation creates."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_memory_is_bounded_no_square_matrix():
+    """No tensor of N x N, nor of q x g, is created: every tensor stays below chunk * N (a distance block,
+    a query chunk's distances) plus k2 N (k1 + 1) (the neighbour lists, and the sparse encodings: V_qe has
+    at most k2 |R*| entries a row)."""
+    rng = np.random.default_rng(11)
+    num_query, num_gallery, chunk, k1, k2 = 401, 2600, 100, 20, 6
+    n = num_query + num_gallery
+    x, labels = clustered(rng, n, 32, num_clusters=150, spread=0.5)
+    qf, gf = {"global": torch.from_numpy(x[:num_query])}, {"global": torch.from_numpy(x[num_query:])}
+    ids = ids_from(labels, rng, num_query)
+    limit = chunk * n + k2 * n * (k1 + 1)
+    assert limit < num_query * num_gallery < n * n
+    with LargestTensor() as mode:
+        out = evaluate_features(qf, gf, *ids, chunk_size=chunk, rerank=RerankConfig(k1, k2, 0.3), fusion=None)
+    assert out["global+rk"]["num_valid_queries"] > 0
+    assert chunk * num_gallery <= mode.largest <= limit, (mode.largest, limit)
+    # The check can fail: the dense way creates an N x N tensor.
+    with LargestTensor() as mode:
+        torch.cdist(torch.from_numpy(x), torch.from_numpy(x))
+    assert mode.largest > limit
+
+
+def test_bad_settings_name_the_argument():
+    with pytest.raises(ValueError, match="k1"):
+        RerankConfig(k1=0)
+    with pytest.raises(ValueError, match="k1"):
+        RerankConfig(k1=2.5)
+    with pytest.raises(ValueError, match="k1"):
+        RerankConfig(k1=True)
+    with pytest.raises(ValueError, match="k2"):
+        RerankConfig(k1=20, k2=0)
+    with pytest.raises(ValueError, match="k2"):
+        RerankConfig(k1=20, k2=22)
+    for bad in (-0.1, 1.5, float("nan"), "0.3"):
+        with pytest.raises(ValueError, match="lambda_value"):
+            RerankConfig(lambda_value=bad)
+    assert RerankConfig(np.int64(4), np.int64(5), np.float32(0.5)).as_dict() == {"k1": 4, "k2": 5, "lambda_value": 0.5}
+
+
+def test_bad_features_name_the_argument():
+    q, g = torch.randn(4, 8), torch.randn(6, 8)
+    with pytest.raises(ValueError, match="dimension"):
+        k_reciprocal_rerank(q, torch.randn(6, 7))
+    with pytest.raises(ValueError, match="same, non-empty feature names"):
+        k_reciprocal_rerank({"global": q}, {"spatial": g})
+    with pytest.raises(ValueError, match="same number of rows"):
+        k_reciprocal_rerank({"a": q, "b": q}, {"a": g, "b": g[:5]})
+    with pytest.raises(TypeError, match="both be tensors or both be dicts"):
+        k_reciprocal_rerank({"a": q}, g)
+    with pytest.raises(ValueError, match=r"gallery\['feature'\] contains NaN"):
+        k_reciprocal_rerank(q, torch.full((6, 8), float("nan")))
+    with pytest.raises(ValueError, match="chunk_size"):
+        k_reciprocal_rerank(q, g, chunk_size=0)
+    with pytest.raises(TypeError, match="config must be a RerankConfig"):
+        k_reciprocal_rerank(q, g, {"k1": 20})
+    ids = ([1, 2, 1, 2], [1, 2, 1, 2, 1, 2], [0] * 4, [1] * 6)
+    with pytest.raises(TypeError, match="rerank must be a RerankConfig"):
+        evaluate_features({"global": q}, {"global": g}, *ids, rerank=True)
