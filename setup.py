@@ -30,8 +30,8 @@ def _default_cuda_home():
 
 def _want_cuda():
     """Decide whether to compile the CUDA sources, and say why."""
-    from torch.utils import cpp_extension
     import torch
+    from torch.utils import cpp_extension
 
     forced = os.environ.get("SCSTN_VCN_CUDA", "").strip()
     if forced not in ("", "0", "1"):

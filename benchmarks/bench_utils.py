@@ -250,7 +250,7 @@ def copy_bandwidth_gbps(device, reps=10):
     return _measured_copy_gbps(str(torch.device(device)), reps)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _measured_copy_gbps(device, reps):
     device = torch.device(device)
     if device.type == "cuda":

@@ -34,8 +34,8 @@ def probe():
 
 def describe(device):
     import torch
-
     from bench_utils import copy_bandwidth_gbps
+
     from scstn_vcn import ops
 
     try:

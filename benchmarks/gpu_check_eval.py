@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 import torch
-
 from bench_utils import reset_peak_rss, status_kib, write_json
+
 from scstn_vcn.metrics import DEFAULT_CHUNK_SIZE, evaluate_features
 
 MSMT17_QUERY, MSMT17_GALLERY, MSMT17_IDS, MSMT17_CAMS = 11659, 82161, 3060, 15

@@ -23,7 +23,6 @@ import time
 import traceback
 
 import torch
-
 from bench_utils import (
     OPS,
     copy_bandwidth_gbps,
@@ -35,6 +34,7 @@ from bench_utils import (
     min_bytes,
     write_json,
 )
+
 from scstn_vcn import ops
 
 SHAPES = {

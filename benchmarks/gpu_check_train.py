@@ -16,8 +16,8 @@ import time
 import traceback
 
 import torch
-
 from bench_utils import median, write_json
+
 from scstn_vcn import ops
 from scstn_vcn.engine.features import autocast_context
 from scstn_vcn.engine.optim import build_optimizer

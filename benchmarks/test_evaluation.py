@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from bench_utils import reset_peak_rss, status_kib
+
 from scstn_vcn.metrics import DEFAULT_CHUNK_SIZE, cosine_distance, evaluate_features, evaluate_rank_full
 
 DIMS = {"global": 2048, "spatial": 12288}

@@ -26,7 +26,6 @@ import itertools
 
 import pytest
 import torch
-
 from bench_utils import (
     OPS,
     copy_bandwidth_gbps,
@@ -39,6 +38,7 @@ from bench_utils import (
     median_seconds,
     min_bytes,
 )
+
 from scstn_vcn import ops
 
 HAS_CUDA = torch.cuda.is_available()

@@ -52,9 +52,17 @@ import torch
 import triton
 import triton.language as tl
 
-from scstn_vcn.kernels._common import (acc_dtype, checked_grid, device_context, launch_row_pool_forward,
-                                       num_warps_for, pow2, require_int32_index, row_pool_update,
-                                       torch_acc_dtype)
+from scstn_vcn.kernels._common import (
+    acc_dtype,
+    checked_grid,
+    device_context,
+    launch_row_pool_forward,
+    num_warps_for,
+    pow2,
+    require_int32_index,
+    row_pool_update,
+    torch_acc_dtype,
+)
 from scstn_vcn.kernels._common import row_pool_blocks as _row_blocks
 
 

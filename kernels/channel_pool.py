@@ -30,8 +30,15 @@ import torch
 import triton
 import triton.language as tl
 
-from scstn_vcn.kernels._common import (acc_dtype, checked_grid, device_context, num_warps_for, pow2,
-                                       require_int32_index, torch_acc_dtype)
+from scstn_vcn.kernels._common import (
+    acc_dtype,
+    checked_grid,
+    device_context,
+    num_warps_for,
+    pow2,
+    require_int32_index,
+    torch_acc_dtype,
+)
 
 
 @triton.jit

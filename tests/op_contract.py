@@ -3,8 +3,8 @@ ops (forward and backward), tracing by torch.compile(fullgraph=True), bitwise de
 ops' zero result when every sample falls outside the map."""
 
 import torch
-
 from op_harness import call_op, kernel_inputs, lay_out
+
 from scstn_vcn.ops._backend import op_namespace
 
 

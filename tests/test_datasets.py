@@ -7,8 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from scstn_vcn.data import (MSMT17, DukeMTMCreID, ImageDataset, Market1501, build_dataset, build_eval_loaders,
-                            build_transforms)
+from scstn_vcn.data import (
+    MSMT17,
+    DukeMTMCreID,
+    ImageDataset,
+    Market1501,
+    build_dataset,
+    build_eval_loaders,
+    build_transforms,
+)
 
 
 def jpeg(path: Path, value: int = 100) -> None:

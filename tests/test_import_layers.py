@@ -155,7 +155,6 @@ def test_each_sub_command_is_one_module(name):
     import importlib
 
     from scstn_vcn.cli import build_parser
-
     from scstn_vcn.commands import COMMANDS
 
     assert name.replace("-", "_") in COMMANDS

@@ -7,8 +7,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scstn_vcn.modules import (SCSTN, STN, VCN, BNNeck, FCHead, GlobalBranch, GPHead, MGNStripeHead, SharedVCN,
-                               VCNNoHPool, affine_resample)
+from scstn_vcn.modules import (
+    SCSTN,
+    STN,
+    VCN,
+    BNNeck,
+    FCHead,
+    GlobalBranch,
+    GPHead,
+    MGNStripeHead,
+    SharedVCN,
+    VCNNoHPool,
+    affine_resample,
+)
 
 IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 

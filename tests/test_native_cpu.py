@@ -388,6 +388,18 @@ def _error(call):
     return str(info.value)
 
 
+def _check_affine_errors(forward, backward, x, theta):
+    assert "x must be 4-D" in _error(lambda: forward(x[0], theta))
+    assert "theta must have shape" in _error(lambda: forward(x, theta[:1]))
+    assert "theta must be 3-D" in _error(lambda: forward(x, theta.flatten(1)))
+    assert "theta must be Float" in _error(lambda: forward(x, theta.double()))
+    assert "theta must be Double" in _error(lambda: forward(x.double(), theta))
+    out, argmax = forward(x, theta)
+    assert "argmax must be Int" in _error(lambda: backward(out, x, theta, argmax.long()))
+    assert "grad_out must have shape" in _error(lambda: backward(out[:, :2], x, theta, argmax))
+    assert "argmax must hold" in _error(lambda: backward(out, x, theta, argmax + 5))
+
+
 def test_direct_calls_with_bad_inputs_name_the_argument():
     N = native()
     x = torch.randn(2, 3, 4, 5)
@@ -395,17 +407,8 @@ def test_direct_calls_with_bad_inputs_name_the_argument():
     assert "x must be 4-D" in _error(lambda: N.channel_pool(x[0]))
     assert "x must be float16, bfloat16, float32 or float64" in _error(lambda: N.channel_pool(x.to(torch.int32)))
     # what the general and the separable affine_hpool check alike
-    for forward, backward in ((N.affine_hpool, N.affine_hpool_backward),
-                              (N.affine_hpool_separable, N.affine_hpool_separable_backward)):
-        assert "x must be 4-D" in _error(lambda: forward(x[0], theta))
-        assert "theta must have shape" in _error(lambda: forward(x, theta[:1]))
-        assert "theta must be 3-D" in _error(lambda: forward(x, theta.flatten(1)))
-        assert "theta must be Float" in _error(lambda: forward(x, theta.double()))
-        assert "theta must be Double" in _error(lambda: forward(x.double(), theta))
-        out, argmax = forward(x, theta)
-        assert "argmax must be Int" in _error(lambda: backward(out, x, theta, argmax.long()))
-        assert "grad_out must have shape" in _error(lambda: backward(out[:, :2], x, theta, argmax))
-        assert "argmax must hold" in _error(lambda: backward(out, x, theta, argmax + 5))
+    _check_affine_errors(N.affine_hpool, N.affine_hpool_backward, x, theta)
+    _check_affine_errors(N.affine_hpool_separable, N.affine_hpool_separable_backward, x, theta)
 
     assert "theta must have shape" in _error(lambda: N.affine_hpool(x, theta[:, :, :2].contiguous()))
     assert "x must be float16, bfloat16, float32 or float64" in _error(lambda: N.affine_hpool_separable(x.int(), theta))

@@ -3,9 +3,9 @@ samples wholly outside the map and bad input. (Every backend against the fp64 re
 
 import pytest
 import torch
-
 from op_contract import all_samples_outside_give_zero, compiled_matches_eager
 from op_harness import device_backends, random_cases
+
 from scstn_vcn import ops
 
 OP = "affine_hpool"

@@ -3,13 +3,14 @@ entries taken as 0 with gradient 0, agreement with the general path for rotation
 gradchecks, torch.compile tracing, bad input, and the model choosing the path from its transformer.
 (Every backend against the fp64 reference on random cases: test_ops_reference.py.)"""
 
+import functools
 import importlib
 
 import pytest
 import torch
-
 from op_contract import all_samples_outside_give_zero, compiled_matches_eager
 from op_harness import device_backends, random_cases
+
 from scstn_vcn import ops
 from scstn_vcn.models import ABLATIONS, build_model
 
@@ -104,7 +105,7 @@ def test_bad_inputs_name_the_argument():
     x = torch.randn(2, 3, 4, 5)
     theta = torch.zeros(2, 2, 3)
     for backend in BACKENDS:
-        call = lambda a, t: ops.affine_hpool(a, t, rotation_free=True, backend=backend)  # noqa: E731
+        call = functools.partial(ops.affine_hpool, rotation_free=True, backend=backend)
         with pytest.raises(ValueError, match=r"theta must be 3-D \(B, 2, 3\)"):
             call(x, torch.zeros(2, 6))
         with pytest.raises(ValueError, match=r"theta must have shape \(B, 2, 3\) = \(2, 2, 3\) to match x, got shape \(3"):

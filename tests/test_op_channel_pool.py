@@ -3,9 +3,9 @@ the max's tie-breaking and bad input. (Every backend against the fp64 reference:
 
 import pytest
 import torch
-
 from op_contract import compiled_matches_eager
 from op_harness import device_backends, random_cases
+
 from scstn_vcn import ops
 
 OP = "channel_pool"

@@ -3,9 +3,9 @@ mixed dtypes and bad input. (Every backend against the fp64 reference: test_ops_
 
 import pytest
 import torch
-
 from op_contract import compiled_matches_eager
 from op_harness import device_backends, random_cases
+
 from scstn_vcn import ops
 
 OP = "vertical_proj"

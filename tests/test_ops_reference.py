@@ -4,7 +4,6 @@ non-contiguous and channels_last inputs, fp16/bf16), the
 registered ops under torch.library.opcheck, and the bitwise determinism of the fused backwards."""
 
 import pytest
-
 from op_contract import backward_is_bitwise_deterministic, opcheck_forward_and_backward
 from op_harness import assert_close_to_reference, device_backends, random_cases
 

@@ -21,8 +21,8 @@ import math
 
 import pytest
 import torch
-
 from op_harness import TOLERANCE
+
 from scstn_vcn import ops
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

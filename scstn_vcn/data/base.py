@@ -8,8 +8,9 @@ Camera ids are 0-based everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

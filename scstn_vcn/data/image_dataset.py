@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset

@@ -18,7 +18,7 @@ Call ``set_epoch(epoch)`` before each epoch (as with DistributedSampler): the or
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler

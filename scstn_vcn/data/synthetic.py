@@ -42,8 +42,15 @@ import numpy as np
 from PIL import Image
 
 from .folder_layout import SPLIT_FOLDERS, MarketLayoutDataset
-from .synthetic_render import (DEFAULT_DETECTION_ERROR, Camera, Look, detection_error_box, random_camera,
-                               random_look, render)
+from .synthetic_render import (
+    DEFAULT_DETECTION_ERROR,
+    Camera,
+    Look,
+    detection_error_box,
+    random_camera,
+    random_look,
+    render,
+)
 
 MARKER = "synthetic.json"
 FORMAT_VERSION = 1

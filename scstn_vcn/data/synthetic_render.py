@@ -82,7 +82,7 @@ class Look:
     bag_colour: int   # PALETTE index
     width_scale: float
 
-    def swapped(self) -> "Look":
+    def swapped(self) -> Look:
         """The same clothes in the other vertical order (upper <-> lower)."""
         return replace(self, upper=self.lower, lower=self.upper)
 

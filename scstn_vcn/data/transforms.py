@@ -7,7 +7,7 @@ random values). Evaluation: resize and normalise only.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torchvision.transforms import v2

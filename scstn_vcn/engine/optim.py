@@ -21,7 +21,7 @@ def build_optimizer(model, optim_config):
     """Adam over the trainable parameters. BN and bias parameters get no weight decay: decaying
     BN's scale pulls the normalised features towards zero, which the classifiers then fight."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if not param.requires_grad:
             continue
         (no_decay if param.ndim <= 1 else decay).append(param)

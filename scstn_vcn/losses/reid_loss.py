@@ -8,7 +8,6 @@ states. A branch absent from the model output drops its two terms (e.g. "Baselin
 use_rll=False drops L_sr and L_gr ("w/o L_r").
 """
 
-import torch
 from torch import nn
 
 from scstn_vcn.losses.label_smooth import CrossEntropyLabelSmooth

@@ -21,8 +21,18 @@ from torch import nn
 
 from scstn_vcn import ops
 from scstn_vcn.models.backbones import build_backbone
-from scstn_vcn.modules import (SCSTN, STN, VCN, BNNeck, FCHead, GlobalBranch, GPHead, MGNStripeHead,
-                               SharedVCN, VCNNoHPool)
+from scstn_vcn.modules import (
+    SCSTN,
+    STN,
+    VCN,
+    BNNeck,
+    FCHead,
+    GlobalBranch,
+    GPHead,
+    MGNStripeHead,
+    SharedVCN,
+    VCNNoHPool,
+)
 
 STN_KINDS = ("scstn", "stn", "stn_no_rotation", None)
 HEADS = ("vcn", "vcn_shared", "vcn_no_hpool", "gp", "fc", "mgn")

@@ -8,7 +8,6 @@ origin, which hurts the cosine/normalised-Euclidean metrics used on f_bn; the cl
 for the same reason (its decision boundaries then pass through the origin of the normalised space).
 """
 
-import torch
 from torch import nn
 
 

@@ -10,6 +10,7 @@ Each takes backend="eager" | "triton" | "native" (default: the process-wide sett
 The math of each op is in its module's docstring.
 """
 
+from scstn_vcn.ops import _wiring  # noqa: F401  (defines the Triton ops)
 from scstn_vcn.ops._backend import (
     BACKENDS,
     BackendUnavailableError,
@@ -24,7 +25,6 @@ from scstn_vcn.ops.affine_hpool import affine_hpool, affine_hpool_eager
 from scstn_vcn.ops.affine_hpool_separable import affine_hpool_separable, affine_hpool_separable_eager
 from scstn_vcn.ops.channel_pool import channel_pool, channel_pool_eager
 from scstn_vcn.ops.vertical_proj import vertical_proj, vertical_proj_eager
-from scstn_vcn.ops import _wiring  # noqa: F401  (defines the Triton ops)
 
 __all__ = [
     "BACKENDS",
