@@ -4,8 +4,8 @@ compiled extension `scstn_vcn._C` from `csrc/`.
 The C++ CPU kernels are always compiled. The CUDA kernels are compiled whenever torch is a
 CUDA build and nvcc is found -- a GPU is not needed to compile them. The environment
 variable SCSTN_VCN_CUDA forces that choice: "1" requires CUDA (and fails if it cannot be
-built), "0" skips it. TORCH_CUDA_ARCH_LIST overrides the default targets (sm_80, sm_90 + PTX). The CPU kernels use AVX2 + FMA
-when the building machine has them (SCSTN_VCN_CPU_FLAGS overrides the flags).
+built), "0" skips it. TORCH_CUDA_ARCH_LIST overrides the default targets (sm_80, sm_90 + PTX). The CPU
+kernels use AVX2 + FMA when the building machine has them (SCSTN_VCN_CPU_FLAGS overrides the flags).
 """
 
 import glob
@@ -46,9 +46,7 @@ def _want_cuda():
             "(install a CUDA build of torch and the CUDA toolkit with nvcc)"
         )
     if not have_toolkit:
-        return False, (
-            f"torch.version.cuda={torch.version.cuda!r}, nvcc found: {cpp_extension.CUDA_HOME is not None}"
-        )
+        return False, (f"torch.version.cuda={torch.version.cuda!r}, nvcc found: {cpp_extension.CUDA_HOME is not None}")
     return True, f"torch CUDA {torch.version.cuda}, toolkit at {cpp_extension.CUDA_HOME}"
 
 

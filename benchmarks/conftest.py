@@ -23,7 +23,9 @@ def pytest_collection_modifyitems(session, config, items):
     ops_file = _HERE / "test_ops.py"
     positions = [n for n, item in enumerate(items) if pathlib.Path(item.path).resolve() == ops_file]
     mine = [items[n] for n in positions]
-    mine.sort(key=lambda item: 0 if getattr(item, "callspec", None) and item.callspec.params.get("backend") == "eager" else 1)
+    mine.sort(
+        key=lambda item: 0 if getattr(item, "callspec", None) and item.callspec.params.get("backend") == "eager" else 1
+    )
     for n, item in zip(positions, mine):
         items[n] = item
 

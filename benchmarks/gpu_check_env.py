@@ -65,9 +65,13 @@ def describe(device):
     }
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=torch.cuda.get_device_name(0), capability=f"{props.major}.{props.minor}",
-                    gpu_memory_gib=props.total_memory / 2**30, sm_count=props.multi_processor_count,
-                    l2_cache_mib=(getattr(props, "L2_cache_size", 0) or 0) / 2**20)
+        info.update(
+            gpu=torch.cuda.get_device_name(0),
+            capability=f"{props.major}.{props.minor}",
+            gpu_memory_gib=props.total_memory / 2**30,
+            sm_count=props.multi_processor_count,
+            l2_cache_mib=(getattr(props, "L2_cache_size", 0) or 0) / 2**20,
+        )
     ok, why = ops.load_native()
     info["native_import"] = "ok" if ok else why
     if ok:
@@ -96,8 +100,10 @@ def main(argv=None):
         print(f"{key:>18}: {info[key]}")
     for name, status in info["backends"].items():
         print(f"{'backend ' + name:>18}: {'available' if status['ok'] else 'UNAVAILABLE: ' + status['why']}")
-    print(f"{'copy bandwidth':>18}: {info['copy_gbps']:.1f} GB/s ({args.device}, bytes read + written per second)",
-          flush=True)
+    print(
+        f"{'copy bandwidth':>18}: {info['copy_gbps']:.1f} GB/s ({args.device}, bytes read + written per second)",
+        flush=True,
+    )
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     tmp = f"{args.json}.tmp{os.getpid()}"
     with open(tmp, "w") as handle:

@@ -28,7 +28,9 @@ def _dims(text):
     try:
         global_dim, spatial_dim = (int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected GLOBAL,SPATIAL feature dims such as 2048,12288, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected GLOBAL,SPATIAL feature dims such as 2048,12288, got {text!r}"
+        ) from None
     if min(global_dim, spatial_dim) < 1:
         raise argparse.ArgumentTypeError(f"feature dims must be positive, got {text!r}")
     return {"global": global_dim, "spatial": spatial_dim}
@@ -57,8 +59,12 @@ def _data(num_query, num_gallery, dims, device, seed):
     def feats(n):
         return {name: torch.randn(n, dim, generator=gen, device=device) for name, dim in dims.items()}
 
-    ids = (rng.integers(0, MSMT17_IDS, num_query), rng.integers(0, MSMT17_IDS, num_gallery),
-           rng.integers(0, MSMT17_CAMS, num_query), rng.integers(0, MSMT17_CAMS, num_gallery))
+    ids = (
+        rng.integers(0, MSMT17_IDS, num_query),
+        rng.integers(0, MSMT17_IDS, num_gallery),
+        rng.integers(0, MSMT17_CAMS, num_query),
+        rng.integers(0, MSMT17_CAMS, num_gallery),
+    )
     return feats(num_query), feats(num_gallery), ids
 
 
@@ -100,15 +106,20 @@ def main(argv=None):
         "dtype": "float32",
         "seconds": seconds,
         "peak_extra_memory_mib": peak,
-        "memory_measure": ("torch.cuda.max_memory_allocated above the start" if args.device == "cuda"
-                           else "peak RSS (VmHWM) above the start"),
+        "memory_measure": (
+            "torch.cuda.max_memory_allocated above the start"
+            if args.device == "cuda"
+            else "peak RSS (VmHWM) above the start"
+        ),
         "fusion_mAP": results["fusion"]["mAP"],
         "num_valid_queries": results["fusion"]["num_valid_queries"],
     }
     write_json(args.json, document)
     peak_text = "n/a" if peak is None else f"{peak:.0f} MiB"
-    print(f"evaluation {args.queries} x {args.gallery} ({args.device}): {seconds:.2f} s, peak extra memory {peak_text}",
-          flush=True)
+    print(
+        f"evaluation {args.queries} x {args.gallery} ({args.device}): {seconds:.2f} s, peak extra memory {peak_text}",
+        flush=True,
+    )
     return 0
 
 

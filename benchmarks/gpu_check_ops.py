@@ -10,7 +10,8 @@ and measured in this run. The entry's "stats" are the kernel times. A top-level 
 the copy bandwidth, the floors, and every case that failed or was not run.
 
     python benchmarks/gpu_check_ops.py --device cuda --json ops.json
-    python benchmarks/gpu_check_ops.py --device cpu --shapes tiny --dtypes float32 --backends eager,compile,native --reps 5 --json ops.json
+    python benchmarks/gpu_check_ops.py --device cpu --shapes tiny --dtypes float32 \
+        --backends eager,compile,native --reps 5 --json ops.json
 
 --precompile only builds and warms up the compiled backends (torch.compile, triton): run beside other
 work, it fills the inductor and Triton caches so that the timed run later spends no time compiling.
@@ -212,8 +213,14 @@ def run(args):
             "benchmarks": entries,
             "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "version": pb_version,
-            "gpu_check": {"device": device, "copy_gbps": copy_gbps, "reps": args.reps, "floors": floors,
-                          "failures": failures, "not_run": not_run},
+            "gpu_check": {
+                "device": device,
+                "copy_gbps": copy_gbps,
+                "reps": args.reps,
+                "floors": floors,
+                "failures": failures,
+                "not_run": not_run,
+            },
         }
     # shape and dtype outermost: when time runs short, every op has been measured at the first ones
     for shape in args.shapes:
@@ -226,7 +233,10 @@ def run(args):
                         nbytes = min_bytes(op, SHAPES[shape], DTYPES[dtype_name], mode)
                         floor_us = floor_seconds(nbytes, copy_gbps) * 1e6
                         floors.append({"group": group, "min_bytes": nbytes, "floor_us": floor_us})
-                        print(f"{group}: floor {nbytes / 1e6:.1f} MB = {floor_us:.1f} us at {copy_gbps:.0f} GB/s", flush=True)
+                        print(
+                            f"{group}: floor {nbytes / 1e6:.1f} MB = {floor_us:.1f} us at {copy_gbps:.0f} GB/s",
+                            flush=True,
+                        )
                     baselines, timed = {}, []
                     for backend in args.backends:
                         case = f"{group}-{backend}"
@@ -235,7 +245,9 @@ def run(args):
                             continue
                         why = _unavailable(backend, device)
                         if why:
-                            failures.append({"case": case, "error": f"backend {backend!r} unavailable on {device}: {why}"})
+                            failures.append(
+                                {"case": case, "error": f"backend {backend!r} unavailable on {device}: {why}"}
+                            )
                             print(f"{case}: UNAVAILABLE: {why}", flush=True)
                             continue
                         try:
@@ -265,14 +277,18 @@ def run(args):
                             baselines["eager_wall"] = median(wall)
                         timed.append((backend, kernel, wall))
                     for backend, kernel, wall in timed:
-                        entry = _entry(device, op, shape, dtype_name, mode, backend, kernel, wall, baselines,
-                                       copy_gbps, Stats)
+                        entry = _entry(
+                            device, op, shape, dtype_name, mode, backend, kernel, wall, baselines, copy_gbps, Stats
+                        )
                         entries.append(entry)
                         info = entry["extra_info"]
                         fmt = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
-                        print(f"{group}-{backend}: kernel {info['kernel_us']:.1f} us, wall {info['wall_us']:.1f} us, "
-                              f"{info['gbps']:.0f} GB/s, {info['floor_pct']:.0f}% of floor, "
-                              f"{fmt(info['speedup_vs_eager'])} eager, {fmt(info['speedup_vs_compile'])} compile", flush=True)
+                        print(
+                            f"{group}-{backend}: kernel {info['kernel_us']:.1f} us, wall {info['wall_us']:.1f} us, "
+                            f"{info['gbps']:.0f} GB/s, {info['floor_pct']:.0f}% of floor, "
+                            f"{fmt(info['speedup_vs_eager'])} eager, {fmt(info['speedup_vs_compile'])} compile",
+                            flush=True,
+                        )
                     if document is not None:
                         write_json(args.json, document)
                 inputs = None

@@ -25,8 +25,11 @@ EVAL_MAX_BYTES = 4e9
 TRAIN_MIN_SPEEDUP = 1.05
 # op -> [(figure key in extra_info, at least, label)] for forward + backward of the fused backends
 OP_GOALS = {
-    "affine_hpool": [("speedup_vs_eager", 6.0, "≥ 6× eager"), ("speedup_vs_compile", 2.0, "≥ 2× torch.compile"),
-                     ("floor_pct", 80.0, "≥ 80% of floor")],
+    "affine_hpool": [
+        ("speedup_vs_eager", 6.0, "≥ 6× eager"),
+        ("speedup_vs_compile", 2.0, "≥ 2× torch.compile"),
+        ("floor_pct", 80.0, "≥ 80% of floor"),
+    ],
     "channel_pool": [("speedup_vs_eager", 3.0, "≥ 3× eager")],
     "vertical_proj": [("speedup_vs_eager", 3.0, "≥ 3× eager")],
 }
@@ -49,8 +52,14 @@ def _steps(path):
             for line in handle:
                 parts = line.rstrip("\n").split("\t")
                 if len(parts) >= 3:
-                    steps.append({"step": parts[0], "status": parts[1], "seconds": float(parts[2] or 0),
-                                  "detail": parts[3] if len(parts) > 3 else ""})
+                    steps.append(
+                        {
+                            "step": parts[0],
+                            "status": parts[1],
+                            "seconds": float(parts[2] or 0),
+                            "detail": parts[3] if len(parts) > 3 else "",
+                        }
+                    )
     return steps
 
 
@@ -91,27 +100,40 @@ def evaluate_goals(ops_doc, train, evaluation):
             goals.append(dict(_goal(entry.get("param"), key, threshold, label, info.get(key)), op=info.get("op")))
     for result in (train or {}).get("results", []):
         if result.get("backend") in FUSED:
-            goals.append(_goal(f"train step {result['backend']}", "speedup_vs_eager", TRAIN_MIN_SPEEDUP,
-                               f"≥ {TRAIN_MIN_SPEEDUP}× eager", result.get("speedup_vs_eager")))
+            goals.append(
+                _goal(
+                    f"train step {result['backend']}",
+                    "speedup_vs_eager",
+                    TRAIN_MIN_SPEEDUP,
+                    f"≥ {TRAIN_MIN_SPEEDUP}× eager",
+                    result.get("speedup_vs_eager"),
+                )
+            )
     if evaluation and "seconds" in evaluation:
         item = f"evaluation {evaluation['queries']}x{evaluation['gallery']}"
         goals.append(_goal(item, "seconds", EVAL_MAX_S, f"< {EVAL_MAX_S:g} s", evaluation["seconds"], False))
         peak = evaluation.get("peak_extra_memory_mib")
-        goals.append(_goal(item, "peak_extra_bytes", EVAL_MAX_BYTES, "< 4 GB",
-                           None if peak is None else peak * 2**20, False))
+        goals.append(
+            _goal(item, "peak_extra_bytes", EVAL_MAX_BYTES, "< 4 GB", None if peak is None else peak * 2**20, False)
+        )
     # a goal with no figure at all (its step failed or did not run) stays in the list, not measured
     missing = []
     measured_ops = {g["op"] for g in goals if "op" in g}
     for op, op_goals in OP_GOALS.items():
         if op not in measured_ops:
-            missing += [_goal(f"{op} fwdbwd (triton, native)", key, threshold, label, None)
-                        for key, threshold, label in op_goals]
+            missing += [
+                _goal(f"{op} fwdbwd (triton, native)", key, threshold, label, None)
+                for key, threshold, label in op_goals
+            ]
     if not any(g["item"].startswith("train step") for g in goals):
-        missing.append(_goal("train step --fused", "speedup_vs_eager", TRAIN_MIN_SPEEDUP,
-                             f"≥ {TRAIN_MIN_SPEEDUP}× eager", None))
+        missing.append(
+            _goal("train step --fused", "speedup_vs_eager", TRAIN_MIN_SPEEDUP, f"≥ {TRAIN_MIN_SPEEDUP}× eager", None)
+        )
     if not any(g["item"].startswith("evaluation") for g in goals):
-        missing += [_goal("evaluation MSMT17", "seconds", EVAL_MAX_S, f"< {EVAL_MAX_S:g} s", None),
-                    _goal("evaluation MSMT17", "peak_extra_bytes", EVAL_MAX_BYTES, "< 4 GB", None)]
+        missing += [
+            _goal("evaluation MSMT17", "seconds", EVAL_MAX_S, f"< {EVAL_MAX_S:g} s", None),
+            _goal("evaluation MSMT17", "peak_extra_bytes", EVAL_MAX_BYTES, "< 4 GB", None),
+        ]
     for goal in missing:
         goal["not_run"] = True
     return goals + missing
@@ -136,10 +158,12 @@ def _op_rows(ops_doc, goals_by_item):
         info = entry["extra_info"]
         goals = goals_by_item.get(entry["param"], [])
         time_text = f"kernel {info['kernel_us']:.1f} µs (wall {info['wall_us']:.1f} µs)"
-        figures = (f"{_fmt(info.get('speedup_vs_eager'), '.2f', '×')} eager, "
-                   f"{_fmt(info.get('speedup_vs_compile'), '.2f', '×')} compile, "
-                   f"{info['floor_pct']:.0f}% of floor ({info['floor_us']:.1f} µs = {info['min_bytes'] / 1e6:.1f} MB), "
-                   f"{info['gbps']:.0f} GB/s")
+        figures = (
+            f"{_fmt(info.get('speedup_vs_eager'), '.2f', '×')} eager, "
+            f"{_fmt(info.get('speedup_vs_compile'), '.2f', '×')} compile, "
+            f"{info['floor_pct']:.0f}% of floor ({info['floor_us']:.1f} µs = {info['min_bytes'] / 1e6:.1f} MB), "
+            f"{info['gbps']:.0f} GB/s"
+        )
         config = f"{info['shape_name']} {'×'.join(map(str, info['shape']))} {info['dtype']} {info['mode']}"
         goal_text = ", ".join(g["goal"] for g in goals) or "—"
         rows.append((info["op"], config, info["backend"], time_text, figures, goal_text, _result(goals)))
@@ -151,16 +175,28 @@ def _train_rows(train, goals_by_item):
     if not train:
         return rows
     config = train.get("config", {})
-    what = (f"{config.get('backbone')}-O {'×'.join(map(str, config.get('input', [])))} batch {config.get('batch')} "
-            f"amp {config.get('amp')}")
+    what = (
+        f"{config.get('backbone')}-O {'×'.join(map(str, config.get('input', [])))} batch {config.get('batch')} "
+        f"amp {config.get('amp')}"
+    )
     for result in train.get("results", []):
         goals = goals_by_item.get(f"train step {result['backend']}", [])
         peak = result.get("peak_memory_mib")
-        figures = (f"{result['images_per_s']:.1f} images/s, {_fmt(result.get('speedup_vs_eager'), '.3f', '×')} eager"
-                   + ("" if peak is None else f", peak {peak:.0f} MiB"))
+        figures = f"{result['images_per_s']:.1f} images/s, {_fmt(result.get('speedup_vs_eager'), '.3f', '×')} eager" + (
+            "" if peak is None else f", peak {peak:.0f} MiB"
+        )
         label = "eager" if result["backend"] == "eager" else f"--fused ({result['backend']})"
-        rows.append(("train step", what, label, f"{result['step_ms']:.1f} ms", figures,
-                     ", ".join(g["goal"] for g in goals) or "—", _result(goals)))
+        rows.append(
+            (
+                "train step",
+                what,
+                label,
+                f"{result['step_ms']:.1f} ms",
+                figures,
+                ", ".join(g["goal"] for g in goals) or "—",
+                _result(goals),
+            )
+        )
     for failure in train.get("failures", []):
         rows.append(("train step", what, failure["backend"], "—", failure["error"][:200], "—", "FAIL (did not run)"))
     return rows
@@ -173,11 +209,24 @@ def _eval_rows(evaluation, goals_by_item):
     goals = goals_by_item.get(item, [])
     peak = evaluation.get("peak_extra_memory_mib")
     dims = evaluation.get("dims", {})
-    config = (f"{evaluation['queries']:,} × {evaluation['gallery']:,}, {dims.get('global')} + {dims.get('spatial')} dims, "
-              f"{evaluation.get('dtype')}")
-    figures = f"peak extra memory {_fmt(peak, '.0f', ' MiB')}, fusion mAP {evaluation.get('fusion_mAP', 0):.4f} (synthetic)"
-    return [("evaluation", config, evaluation.get("device"), f"{evaluation['seconds']:.2f} s", figures,
-             ", ".join(g["goal"] for g in goals), _result(goals))]
+    config = (
+        f"{evaluation['queries']:,} × {evaluation['gallery']:,}, {dims.get('global')} + {dims.get('spatial')} dims, "
+        f"{evaluation.get('dtype')}"
+    )
+    figures = (
+        f"peak extra memory {_fmt(peak, '.0f', ' MiB')}, fusion mAP {evaluation.get('fusion_mAP', 0):.4f} (synthetic)"
+    )
+    return [
+        (
+            "evaluation",
+            config,
+            evaluation.get("device"),
+            f"{evaluation['seconds']:.2f} s",
+            figures,
+            ", ".join(g["goal"] for g in goals),
+            _result(goals),
+        )
+    ]
 
 
 def render_markdown(document, title):
@@ -185,25 +234,33 @@ def render_markdown(document, title):
     env = check.get("environment") or {}
     lines = [f"# {title}", ""]
     if check["mode"] == "smoke":
-        lines += ["**Smoke run on the CPU at tiny sizes**: it checks the kit end to end; its figures and "
-                  "the pass/fail column say nothing about a GPU.", ""]
+        lines += [
+            "**Smoke run on the CPU at tiny sizes**: it checks the kit end to end; its figures and "
+            "the pass/fail column say nothing about a GPU.",
+            "",
+        ]
     copy = env.get("copy_gbps")
     lines += [
         f"- date (UTC): {check['date_utc']}; mode: {check['mode']}",
         f"- device: {env.get('gpu') or check.get('device_name') or '—'}; torch {env.get('torch')}, "
         f"triton {env.get('triton')}, CUDA {env.get('cuda_runtime')}, Python {env.get('python')}",
         f"- copy bandwidth (floor basis): {_fmt(copy, '.1f', ' GB/s')}; op times: "
-        + ("perf_counter medians (CPU)" if check["mode"] == "smoke" else
-           "kernel = CUDA events with L2 flushed before every call, wall = host-inclusive"),
+        + (
+            "perf_counter medians (CPU)"
+            if check["mode"] == "smoke"
+            else "kernel = CUDA events with L2 flushed before every call, wall = host-inclusive"
+        ),
     ]
     for step in check["steps"]:
         detail = f" — {step['detail']}" if step["detail"] else ""
         lines.append(f"- step {step['step']}: {step['status']} ({step['seconds']:.0f} s){detail}")
     tests = check.get("tests")
     if tests and "tests" in tests:
-        lines.append(f"- tests: {tests['passed']} passed, {tests['failures'] + tests['errors']} failed, "
-                     f"{tests['skipped']} skipped" + (f" (failed: {', '.join(tests['failed_tests'][:10])})"
-                                                      if tests["failed_tests"] else ""))
+        lines.append(
+            f"- tests: {tests['passed']} passed, {tests['failures'] + tests['errors']} failed, "
+            f"{tests['skipped']} skipped"
+            + (f" (failed: {', '.join(tests['failed_tests'][:10])})" if tests["failed_tests"] else "")
+        )
     ops_check = check.get("ops") or {}
     for failure in ops_check.get("failures", []):
         lines.append(f"- op case FAILED: {failure['case']}: {failure['error'][:300]}")
@@ -213,19 +270,26 @@ def render_markdown(document, title):
     met = sum(1 for g in goals if g["met"])
     unmeasured = sum(1 for g in goals if g["met"] is None)
     lines += [f"- goals met: {met} of {len(goals)}" + (f" ({unmeasured} not measured)" if unmeasured else ""), ""]
-    lines += ["| item | configuration | backend | time | figures | goal | result |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "| item | configuration | backend | time | figures | goal | result |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     goals_by_item = {}
     for goal in goals:
         goals_by_item.setdefault(goal["item"], []).append(goal)
-    rows = (_op_rows(document, goals_by_item) + _train_rows(check.get("train"), goals_by_item)
-            + _eval_rows(check.get("evaluation"), goals_by_item))
+    rows = (
+        _op_rows(document, goals_by_item)
+        + _train_rows(check.get("train"), goals_by_item)
+        + _eval_rows(check.get("evaluation"), goals_by_item)
+    )
     for row in rows:
         lines.append("| " + " | ".join(str(cell).replace("|", "/") for cell in row) + " |")
     for item, item_goals in goals_by_item.items():
         if all(g.get("not_run") for g in item_goals):
-            lines.append(f"| {item} | — | — | — | (not measured: its step failed or did not run) | "
-                         f"{', '.join(g['goal'] for g in item_goals)} | not measured |")
+            lines.append(
+                f"| {item} | — | — | — | (not measured: its step failed or did not run) | "
+                f"{', '.join(g['goal'] for g in item_goals)} | not measured |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -239,10 +303,19 @@ def _write(path, text):
 def build(work, mode, device_name=None):
     ops_doc = _load(os.path.join(work, "ops.json"))
     if not ops_doc or "benchmarks" not in ops_doc:
-        ops_doc = {"machine_info": {}, "commit_info": {}, "benchmarks": [],
-                   "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(), "version": None,
-                   "gpu_check": {"failures": [], "not_run": [], "floors": [],
-                                 "error": (ops_doc or {}).get("unreadable", "the op benchmarks did not run")}}
+        ops_doc = {
+            "machine_info": {},
+            "commit_info": {},
+            "benchmarks": [],
+            "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "version": None,
+            "gpu_check": {
+                "failures": [],
+                "not_run": [],
+                "floors": [],
+                "error": (ops_doc or {}).get("unreadable", "the op benchmarks did not run"),
+            },
+        }
     env = _load(os.path.join(work, "env.json"))
     train = _load(os.path.join(work, "train.json"))
     evaluation = _load(os.path.join(work, "eval.json"))

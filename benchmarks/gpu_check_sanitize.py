@@ -58,19 +58,26 @@ def cases():
     for B, C, H, W in SHAPES:
         for dtype in DTYPES:
             for layout in (torch.contiguous_format, torch.channels_last):
-                tag = f"{B}x{C}x{H}x{W}-{str(dtype).removeprefix('torch.')}-{'nhwc' if layout == torch.channels_last else 'nchw'}"
+                kind = "nhwc" if layout == torch.channels_last else "nchw"
+                tag = f"{B}x{C}x{H}x{W}-{str(dtype).removeprefix('torch.')}-{kind}"
                 x = torch.randn(B, C, H, W, generator=gen).to("cuda", dtype).contiguous(memory_format=layout)
                 yield f"channel_pool-{tag}", lambda x: ops.channel_pool(x, backend="native"), [x]
                 theta = _theta(B, gen).cuda()
                 yield f"affine_hpool-{tag}", lambda x, t: ops.affine_hpool(x, t, backend="native"), [x, theta]
                 if rotation_free:
                     theta = _scale_shift_theta(B, gen).cuda()
-                    yield (f"affine_hpool_rotation_free-{tag}",
-                           lambda x, t: ops.affine_hpool(x, t, rotation_free=True, backend="native"), [x, theta])
+                    yield (
+                        f"affine_hpool_rotation_free-{tag}",
+                        lambda x, t: ops.affine_hpool(x, t, rotation_free=True, backend="native"),
+                        [x, theta],
+                    )
             F = torch.randn(B, C, H, generator=gen).to("cuda", dtype)
             delta = (torch.randn(C, K_KERNELS, H, generator=gen) / math.sqrt(H)).cuda()
-            yield (f"vertical_proj-{B}x{C}x{H}-{str(dtype).removeprefix('torch.')}",
-                   lambda f, d: ops.vertical_proj(f, d, backend="native"), [F, delta])
+            yield (
+                f"vertical_proj-{B}x{C}x{H}-{str(dtype).removeprefix('torch.')}",
+                lambda f, d: ops.vertical_proj(f, d, backend="native"),
+                [F, delta],
+            )
 
 
 def main():

@@ -7,7 +7,8 @@ compilation), then `--rounds` timed steps, each synchronised; the median step ti
 speed-up over eager in this run and the peak GPU memory go to a JSON list.
 
     python benchmarks/gpu_check_train.py --device cuda --json train.json
-    python benchmarks/gpu_check_train.py --device cpu --backbone tiny --size 64x32 --P 2 --K 2 --amp off --backends eager,native --rounds 2 --json train.json
+    python benchmarks/gpu_check_train.py --device cpu --backbone tiny --size 64x32 --P 2 --K 2 --amp off \
+        --backends eager,native --rounds 2 --json train.json
 """
 
 import argparse
@@ -103,8 +104,15 @@ def time_backend(args, backend):
 def main(argv=None):
     args = parse_args(argv)
     batch = args.P * args.K
-    config = {"device": args.device, "backbone": args.backbone, "variant": "O", "input": list(args.size),
-              "batch": batch, "amp": args.amp, "rounds": args.rounds}
+    config = {
+        "device": args.device,
+        "backbone": args.backbone,
+        "variant": "O",
+        "input": list(args.size),
+        "batch": batch,
+        "amp": args.amp,
+        "rounds": args.rounds,
+    }
     results, failures = [], []
     eager = None
     for backend in args.backends:
@@ -129,9 +137,15 @@ def main(argv=None):
         step_s = median(times)
         if backend == "eager":
             eager = step_s
-        result = dict(config, backend=backend, step_ms=step_s * 1e3, images_per_s=batch / step_s,
-                      speedup_vs_eager=None if eager is None else eager / step_s, peak_memory_mib=peak,
-                      step_times_s=times)
+        result = dict(
+            config,
+            backend=backend,
+            step_ms=step_s * 1e3,
+            images_per_s=batch / step_s,
+            speedup_vs_eager=None if eager is None else eager / step_s,
+            peak_memory_mib=peak,
+            step_times_s=times,
+        )
         results.append(result)
         speedup = "" if result["speedup_vs_eager"] is None else f", {result['speedup_vs_eager']:.3f}x eager"
         print(f"train step {backend}: {step_s * 1e3:.1f} ms, {batch / step_s:.1f} images/s{speedup}", flush=True)

@@ -35,8 +35,12 @@ def _measure_cpu(fn):
 
 
 def _ids(rng, num_q, num_g, num_ids, num_cams):
-    return (rng.integers(0, num_ids, num_q), rng.integers(0, num_ids, num_g),
-            rng.integers(0, num_cams, num_q), rng.integers(0, num_cams, num_g))
+    return (
+        rng.integers(0, num_ids, num_q),
+        rng.integers(0, num_ids, num_g),
+        rng.integers(0, num_cams, num_q),
+        rng.integers(0, num_cams, num_g),
+    )
 
 
 def _feats(n, gen, device="cpu", dtype=torch.float32):
@@ -95,7 +99,9 @@ def test_bench_eval_one_chunk_msmt17_gallery_cpu(benchmark):
     qf = {k: torch.randn(DEFAULT_CHUNK_SIZE, d, generator=gen) for k, d in small.items()}
     gf = {k: torch.randn(MSMT17_GALLERY, d, generator=gen) for k, d in small.items()}
     ids = _ids(np.random.default_rng(1), DEFAULT_CHUNK_SIZE, MSMT17_GALLERY, MSMT17_IDS, MSMT17_CAMS)
-    out, peak = benchmark.pedantic(lambda: _measure_cpu(lambda: evaluate_features(qf, gf, *ids)), rounds=1, iterations=1)
+    out, peak = benchmark.pedantic(
+        lambda: _measure_cpu(lambda: evaluate_features(qf, gf, *ids)), rounds=1, iterations=1
+    )
     _record(benchmark, peak, queries=DEFAULT_CHUNK_SIZE, gallery=MSMT17_GALLERY, chunk_size=DEFAULT_CHUNK_SIZE)
     assert out["fusion"]["num_valid_queries"] > 0
 
@@ -119,8 +125,13 @@ def test_bench_eval_streaming_msmt17_cuda(benchmark, dtype):
         return out, (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
     out, peak = benchmark.pedantic(run, rounds=1, iterations=1)
-    benchmark.extra_info.update(queries=MSMT17_QUERY, gallery=MSMT17_GALLERY, chunk_size=DEFAULT_CHUNK_SIZE,
-                                dtype=str(dtype), peak_extra_memory_mib=round(peak, 1),
-                                memory_measure="torch.cuda.max_memory_allocated above start",
-                                device=torch.cuda.get_device_name(device))
+    benchmark.extra_info.update(
+        queries=MSMT17_QUERY,
+        gallery=MSMT17_GALLERY,
+        chunk_size=DEFAULT_CHUNK_SIZE,
+        dtype=str(dtype),
+        peak_extra_memory_mib=round(peak, 1),
+        memory_measure="torch.cuda.max_memory_allocated above start",
+        device=torch.cuda.get_device_name(device),
+    )
     assert out["fusion"]["num_valid_queries"] > 0

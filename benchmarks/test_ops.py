@@ -116,8 +116,11 @@ def test_bench_op(benchmark, eager_medians, device, op, shape, dtype, mode, back
     if backend == "eager":
         eager_medians[key] = seconds
     elif key not in eager_medians:  # eager deselected (-k): measure it here, untimed by pytest-benchmark
-        eager_medians[key] = (_kernel_seconds(op, "eager", inputs, mode, rounds) if device == "cuda"
-                              else median_seconds(make_step(op, "eager", inputs, mode), rounds))
+        eager_medians[key] = (
+            _kernel_seconds(op, "eager", inputs, mode, rounds)
+            if device == "cuda"
+            else median_seconds(make_step(op, "eager", inputs, mode), rounds)
+        )
     nbytes = min_bytes(op, SHAPES[shape], dtype, mode)
     benchmark.extra_info.update(
         {

@@ -32,8 +32,9 @@ def _skip_reason(device, backend):
     return None if ok else f"backend {backend!r} is not available on {device}: {why}"
 
 
-@pytest.mark.parametrize("device, backend", [("cpu", "eager"), ("cpu", "native"),
-                                             ("cuda", "eager"), ("cuda", "triton"), ("cuda", "native")])
+@pytest.mark.parametrize(
+    "device, backend", [("cpu", "eager"), ("cpu", "native"), ("cuda", "eager"), ("cuda", "triton"), ("cuda", "native")]
+)
 def test_train_step(benchmark, device, backend):
     reason = _skip_reason(device, backend)
     if reason:
@@ -71,10 +72,17 @@ def test_train_step(benchmark, device, backend):
         _EAGER_MEDIAN[device] = median
     elif device in _EAGER_MEDIAN:
         benchmark.extra_info["speedup_vs_eager"] = round(_EAGER_MEDIAN[device] / median, 3)
-    benchmark.extra_info.update({
-        "device": device, "backend": backend, "backbone": case["backbone"], "input": list(case["size"]),
-        "batch": batch, "amp": case["amp"], "images_per_s": round(batch / median, 1),
-        "torch_threads": torch.get_num_threads(),
-        # Other jobs on the machine slow CPU steps a lot (OpenMP oversubscription): keep the load with the numbers.
-        "loadavg_1min": round(os.getloadavg()[0], 2),
-    })
+    benchmark.extra_info.update(
+        {
+            "device": device,
+            "backend": backend,
+            "backbone": case["backbone"],
+            "input": list(case["size"]),
+            "batch": batch,
+            "amp": case["amp"],
+            "images_per_s": round(batch / median, 1),
+            "torch_threads": torch.get_num_threads(),
+            # Other jobs on the machine slow CPU steps a lot (OpenMP oversubscription): keep the load with the numbers.
+            "loadavg_1min": round(os.getloadavg()[0], 2),
+        }
+    )

@@ -18,8 +18,8 @@ inline void check_dim(const at::Tensor& t, int64_t ndim, const char* name, const
 }
 
 inline void check_same_device(const at::Tensor& a, const char* a_name, const at::Tensor& b, const char* b_name) {
-  TORCH_CHECK(a.device() == b.device(), b_name, " must be on the same device as ", a_name, " (", a.device(),
-              "), got ", b.device());
+  TORCH_CHECK(a.device() == b.device(), b_name, " must be on the same device as ", a_name, " (", a.device(), "), got ",
+              b.device());
 }
 
 inline void check_dtype(const at::Tensor& t, at::ScalarType expected, const char* name, const char* why) {

@@ -13,8 +13,8 @@
 // WITH_CUDA tells whether this build compiled the CUDA kernels (setup.py decides).
 extern "C" {
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {
-      PyModuleDef_HEAD_INIT, "_C", "scstn_vcn compiled kernels (ops under torch.ops.scstn_vcn)", -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
+                                          "scstn_vcn compiled kernels (ops under torch.ops.scstn_vcn)", -1, nullptr};
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) return nullptr;
 #ifdef SCSTN_VCN_WITH_CUDA

@@ -41,56 +41,159 @@ def _jobs(dtype, shape):
     i32 = "i32"
     jobs = []
     bc, bp = CP._forward_blocks(C, HW, dtype)
-    jobs.append((CP._channel_pool_fwd_kernel,
-                 dict(x_ptr=P, partial_ptr=A, gpool_ptr=P, argmax_ptr="*i32", C=i32, HW=i32, W=i32, n_cblocks=i32,
-                      s_b=i32, s_c=i32, s_h=i32, s_w=i32), dict(ACC=ACC, BLOCK_C=bc, BLOCK_P=bp), num_warps_for(bc * bp)))
-    jobs.append((CP._channel_mean_reduce_kernel, dict(partial_ptr=A, cmean_ptr=P, C=i32, HW=i32, n_cblocks=i32),
-                 dict(ACC=ACC, BLOCK_P=CP._reduce_block(HW)), 4))
+    jobs.append(
+        (
+            CP._channel_pool_fwd_kernel,
+            dict(
+                x_ptr=P,
+                partial_ptr=A,
+                gpool_ptr=P,
+                argmax_ptr="*i32",
+                C=i32,
+                HW=i32,
+                W=i32,
+                n_cblocks=i32,
+                s_b=i32,
+                s_c=i32,
+                s_h=i32,
+                s_w=i32,
+            ),
+            dict(ACC=ACC, BLOCK_C=bc, BLOCK_P=bp),
+            num_warps_for(bc * bp),
+        )
+    )
+    jobs.append(
+        (
+            CP._channel_mean_reduce_kernel,
+            dict(partial_ptr=A, cmean_ptr=P, C=i32, HW=i32, n_cblocks=i32),
+            dict(ACC=ACC, BLOCK_P=CP._reduce_block(HW)),
+            4,
+        )
+    )
     bc, bp = CP._backward_blocks(C, HW)
-    jobs.append((CP._channel_pool_bwd_kernel,
-                 dict(gm_ptr=P, gp_ptr=P, argmax_ptr="*i32", dx_ptr=P, C=i32, HW=i32, n_pblocks=i32),
-                 dict(ACC=ACC, BLOCK_C=bc, BLOCK_P=bp), num_warps_for(bc * bp)))
+    jobs.append(
+        (
+            CP._channel_pool_bwd_kernel,
+            dict(gm_ptr=P, gp_ptr=P, argmax_ptr="*i32", dx_ptr=P, C=i32, HW=i32, n_pblocks=i32),
+            dict(ACC=ACC, BLOCK_C=bc, BLOCK_P=bp),
+            num_warps_for(bc * bp),
+        )
+    )
     br, bw = AH._row_blocks(C, H, W)
     geo = dict(C=i32, H=i32, W=i32, s_b=i32, s_c=i32, s_h=i32, s_w=i32)
-    jobs.append((AH._affine_hpool_fwd_kernel, dict(x_ptr=P, theta_ptr=A, out_ptr=P, argmax_ptr="*i32", **geo),
-                 dict(ACC=ACC, BLOCK_R=br, BLOCK_W=bw), num_warps_for(br * bw)))
-    jobs.append((AH._affine_hpool_dtheta_kernel,
-                 dict(x_ptr=P, theta_ptr=A, g_ptr=P, argmax_ptr="*i32", partial_ptr=A, n_rblocks=i32, **geo),
-                 dict(ACC=ACC, BLOCK_R=br, BLOCK_W=bw), num_warps_for(br * bw)))
+    jobs.append(
+        (
+            AH._affine_hpool_fwd_kernel,
+            dict(x_ptr=P, theta_ptr=A, out_ptr=P, argmax_ptr="*i32", **geo),
+            dict(ACC=ACC, BLOCK_R=br, BLOCK_W=bw),
+            num_warps_for(br * bw),
+        )
+    )
+    jobs.append(
+        (
+            AH._affine_hpool_dtheta_kernel,
+            dict(x_ptr=P, theta_ptr=A, g_ptr=P, argmax_ptr="*i32", partial_ptr=A, n_rblocks=i32, **geo),
+            dict(ACC=ACC, BLOCK_R=br, BLOCK_W=bw),
+            num_warps_for(br * bw),
+        )
+    )
     jobs.append((AH._dtheta_reduce_kernel, dict(partial_ptr=A, dtheta_ptr=A, n_rblocks=i32), dict(ACC=ACC), 1))
     be, bp = AH._index_blocks(HW)
-    jobs.append((AH._inverse_index_kernel,
-                 dict(theta_ptr=A, start_ptr="*i32", sample_ptr="*i32", weight_ptr=A, cursor_ptr="*i32", H=i32, W=i32),
-                 dict(ACC=ACC, BLOCK_E=be, BLOCK_P=bp), num_warps_for(be * be)))
+    jobs.append(
+        (
+            AH._inverse_index_kernel,
+            dict(theta_ptr=A, start_ptr="*i32", sample_ptr="*i32", weight_ptr=A, cursor_ptr="*i32", H=i32, W=i32),
+            dict(ACC=ACC, BLOCK_E=be, BLOCK_P=bp),
+            num_warps_for(be * be),
+        )
+    )
     bc, bp = AH._dx_blocks(C, HW)
-    jobs.append((AH._affine_hpool_dx_kernel,
-                 dict(g_ptr=P, argmax_ptr="*i32", start_ptr="*i32", sample_ptr="*i32", weight_ptr=A, dx_ptr=P,
-                      C=i32, H=i32, W=i32, n_entries=i32, n_pblocks=i32),
-                 dict(ACC=ACC, BLOCK_C=bc, BLOCK_P=bp), num_warps_for(bc * bp)))
+    jobs.append(
+        (
+            AH._affine_hpool_dx_kernel,
+            dict(
+                g_ptr=P,
+                argmax_ptr="*i32",
+                start_ptr="*i32",
+                sample_ptr="*i32",
+                weight_ptr=A,
+                dx_ptr=P,
+                C=i32,
+                H=i32,
+                W=i32,
+                n_entries=i32,
+                n_pblocks=i32,
+            ),
+            dict(ACC=ACC, BLOCK_C=bc, BLOCK_P=bp),
+            num_warps_for(bc * bp),
+        )
+    )
     br, bw = AS._row_blocks(C, H, W)
-    jobs.append((AS._separable_fwd_kernel, dict(x_ptr=P, theta_ptr=A, out_ptr=P, argmax_ptr="*i32", **geo),
-                 dict(ACC=ACC, BLOCK_R=br, BLOCK_W=bw), num_warps_for(br * bw)))
+    jobs.append(
+        (
+            AS._separable_fwd_kernel,
+            dict(x_ptr=P, theta_ptr=A, out_ptr=P, argmax_ptr="*i32", **geo),
+            dict(ACC=ACC, BLOCK_R=br, BLOCK_W=bw),
+            num_warps_for(br * bw),
+        )
+    )
     br, bx, bw = AS._dtheta_blocks(C, H, W)
-    jobs.append((AS._separable_dtheta_kernel,
-                 dict(x_ptr=P, theta_ptr=A, g_ptr=P, argmax_ptr="*i32", partial_ptr=A, n_rblocks=i32, **geo),
-                 dict(ACC=ACC, BLOCK_R=br, BLOCK_X=bx, BLOCK_W=bw), num_warps_for(br * bx)))
-    jobs.append((AS._separable_dtheta_reduce_kernel, dict(partial_ptr=A, dtheta_ptr=A, n_rblocks=i32, H=i32, W=i32),
-                 dict(ACC=ACC, BLOCK_J=AS.REDUCE_BLOCK), 4))
+    jobs.append(
+        (
+            AS._separable_dtheta_kernel,
+            dict(x_ptr=P, theta_ptr=A, g_ptr=P, argmax_ptr="*i32", partial_ptr=A, n_rblocks=i32, **geo),
+            dict(ACC=ACC, BLOCK_R=br, BLOCK_X=bx, BLOCK_W=bw),
+            num_warps_for(br * bx),
+        )
+    )
+    jobs.append(
+        (
+            AS._separable_dtheta_reduce_kernel,
+            dict(partial_ptr=A, dtheta_ptr=A, n_rblocks=i32, H=i32, W=i32),
+            dict(ACC=ACC, BLOCK_J=AS.REDUCE_BLOCK),
+            4,
+        )
+    )
     bc, bx, bh, bw = AS._dx_blocks(C, H, W, dtype)
-    jobs.append((AS._separable_dx_kernel, dict(theta_ptr=A, g_ptr=P, argmax_ptr="*i32", dx_ptr=P, C=i32, H=i32, W=i32),
-                 dict(ACC=ACC, BLOCK_C=bc, BLOCK_X=bx, BLOCK_H=bh, BLOCK_W=bw), num_warps_for(bc * bx)))
+    jobs.append(
+        (
+            AS._separable_dx_kernel,
+            dict(theta_ptr=A, g_ptr=P, argmax_ptr="*i32", dx_ptr=P, C=i32, H=i32, W=i32),
+            dict(ACC=ACC, BLOCK_C=bc, BLOCK_X=bx, BLOCK_H=bh, BLOCK_W=bw),
+            num_warps_for(bc * bx),
+        )
+    )
     bc, bk, bh = VP._blocks(C, K_KERNELS, H)
     vp = dict(C=i32, K=i32, H=i32)
     consts = dict(ACC=ACC, BLOCK_C=bc, BLOCK_K=bk, BLOCK_H=bh)
-    jobs.append((VP._vertical_proj_fwd_kernel, dict(F_ptr=P, delta_ptr=A, f_ptr=P, **vp), consts, num_warps_for(bc * bk * bh)))
-    jobs.append((VP._vertical_proj_dF_kernel, dict(g_ptr=P, delta_ptr=A, dF_ptr=P, n_hblocks=i32, **vp), consts,
-                 num_warps_for(bc * bk * bh)))
+    jobs.append(
+        (VP._vertical_proj_fwd_kernel, dict(F_ptr=P, delta_ptr=A, f_ptr=P, **vp), consts, num_warps_for(bc * bk * bh))
+    )
+    jobs.append(
+        (
+            VP._vertical_proj_dF_kernel,
+            dict(g_ptr=P, delta_ptr=A, dF_ptr=P, n_hblocks=i32, **vp),
+            consts,
+            num_warps_for(bc * bk * bh),
+        )
+    )
     dbc, _, _ = VP._ddelta_blocks(C, K_KERNELS, H)
-    jobs.append((VP._vertical_proj_ddelta_kernel,
-                 dict(g_ptr=P, F_ptr=P, partial_ptr=A, B=i32, n_hblocks=i32, per_split=i32, **vp),
-                 dict(consts, BLOCK_C=dbc), num_warps_for(dbc * bk * bh)))
-    jobs.append((VP._ddelta_reduce_kernel, dict(partial_ptr=A, ddelta_ptr=A, n=i32, n_splits=i32),
-                 dict(ACC=ACC, BLOCK=VP._REDUCE_BLOCK), 4))
+    jobs.append(
+        (
+            VP._vertical_proj_ddelta_kernel,
+            dict(g_ptr=P, F_ptr=P, partial_ptr=A, B=i32, n_hblocks=i32, per_split=i32, **vp),
+            dict(consts, BLOCK_C=dbc),
+            num_warps_for(dbc * bk * bh),
+        )
+    )
+    jobs.append(
+        (
+            VP._ddelta_reduce_kernel,
+            dict(partial_ptr=A, ddelta_ptr=A, n=i32, n_splits=i32),
+            dict(ACC=ACC, BLOCK=VP._REDUCE_BLOCK),
+            4,
+        )
+    )
     return jobs
 
 
@@ -120,8 +223,9 @@ def compile_all(arch=90, dtypes=(torch.float32,), shapes=("O",)):
         for shape in shapes:
             for kernel, types, consts, warps in _jobs(dtype, PAPER[shape]):
                 signature = {name: ("constexpr" if name in consts else types[name]) for name in kernel.arg_names}
-                compiled = triton.compile(ASTSource(kernel, signature, constexprs=consts), target=target,
-                                          options={"num_warps": warps})
+                compiled = triton.compile(
+                    ASTSource(kernel, signature, constexprs=consts), target=target, options={"num_warps": warps}
+                )
                 shown = {k: v for k, v in consts.items() if k != "ACC"}
                 report.append((kernel.__name__, str(dtype), shape, shown, warps, _resources(compiled.asm["cubin"])))
     return report
@@ -130,8 +234,12 @@ def compile_all(arch=90, dtypes=(torch.float32,), shapes=("O",)):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
-    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16", "float16", "float64"],
-                        choices=["float16", "bfloat16", "float32", "float64"])
+    parser.add_argument(
+        "--dtype",
+        nargs="+",
+        default=["float32", "bfloat16", "float16", "float64"],
+        choices=["float16", "bfloat16", "float32", "float64"],
+    )
     parser.add_argument("--shape", nargs="+", default=["O", "M"], choices=list(PAPER))
     args = parser.parse_args()
     dtypes = [getattr(torch, name) for name in args.dtype]

@@ -52,8 +52,9 @@ def checked_grid(grid, what):
     for axis, (size, limit) in enumerate(zip(grid, limits)):
         if size > limit:
             hint = "the batch size" if axis == 1 else "the input"
-            raise ValueError(f"{what}: {size} programs on grid axis {axis} exceed CUDA's limit of {limit}; "
-                             f"reduce {hint}")
+            raise ValueError(
+                f"{what}: {size} programs on grid axis {axis} exceed CUDA's limit of {limit}; reduce {hint}"
+            )
     return grid
 
 
@@ -61,8 +62,10 @@ def require_int32_index(count, block, what):
     """The kernels index rows (or positions) in int32 and widen only the pointer offsets to int64, so
     `count` indices, rounded up to whole blocks of `block`, must stay below 2^31."""
     if triton.cdiv(count, block) * block > INT32_MAX:
-        raise ValueError(f"{what} = {count}: the Triton kernels index it in int32 and need it below "
-                         f"2^31 - {block} (split the batch or the channels)")
+        raise ValueError(
+            f"{what} = {count}: the Triton kernels index it in int32 and need it below "
+            f"2^31 - {block} (split the batch or the channels)"
+        )
 
 
 def row_pool_blocks(C, H, W):
@@ -87,8 +90,18 @@ def launch_row_pool_forward(kernel, x, theta, grid):
     argmax = torch.empty((B, C, H), device=x.device, dtype=torch.int32)
     block_r, block_w = row_pool_blocks(C, H, W)
     kernel[grid](
-        x, theta, out, argmax, C, H, W, *x.stride(),
-        ACC=acc_dtype(x.dtype), BLOCK_R=block_r, BLOCK_W=block_w, num_warps=num_warps_for(block_r * block_w),
+        x,
+        theta,
+        out,
+        argmax,
+        C,
+        H,
+        W,
+        *x.stride(),
+        ACC=acc_dtype(x.dtype),
+        BLOCK_R=block_r,
+        BLOCK_W=block_w,
+        num_warps=num_warps_for(block_r * block_w),
     )
     return out, argmax
 

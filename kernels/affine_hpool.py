@@ -124,9 +124,20 @@ def _neighbours(x_ptr, row, ix, iy, H, W, s_h, s_w, mask, ACC: tl.constexpr):
 
 @triton.jit
 def _affine_hpool_fwd_kernel(
-    x_ptr, theta_ptr, out_ptr, argmax_ptr,
-    C, H, W, s_b, s_c, s_h, s_w,
-    ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+    x_ptr,
+    theta_ptr,
+    out_ptr,
+    argmax_ptr,
+    C,
+    H,
+    W,
+    s_b,
+    s_c,
+    s_h,
+    s_w,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
 ):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # int32 rows c H + h
     b = tl.program_id(1).to(tl.int64)
@@ -154,9 +165,22 @@ def _affine_hpool_fwd_kernel(
 
 @triton.jit
 def _affine_hpool_dtheta_kernel(
-    x_ptr, theta_ptr, g_ptr, argmax_ptr, partial_ptr,
-    C, H, W, n_rblocks, s_b, s_c, s_h, s_w,
-    ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+    x_ptr,
+    theta_ptr,
+    g_ptr,
+    argmax_ptr,
+    partial_ptr,
+    C,
+    H,
+    W,
+    n_rblocks,
+    s_b,
+    s_c,
+    s_h,
+    s_w,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
 ):
     rb = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -237,8 +261,16 @@ def _pairs(theta_ptr, b, e, n_pairs, H, W, ACC: tl.constexpr):
 
 @triton.jit
 def _inverse_index_kernel(
-    theta_ptr, start_ptr, sample_ptr, weight_ptr, cursor_ptr, H, W,
-    ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr,
+    theta_ptr,
+    start_ptr,
+    sample_ptr,
+    weight_ptr,
+    cursor_ptr,
+    H,
+    W,
+    ACC: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """One program per image: the counting sort of its 4 H W pairs by input pixel (see the module doc).
     cursor is scratch of H W + 1 int32 per image: first the counts, then each bucket's next free slot.
@@ -291,9 +323,20 @@ def _inverse_index_kernel(
 
 @triton.jit
 def _affine_hpool_dx_kernel(
-    g_ptr, argmax_ptr, start_ptr, sample_ptr, weight_ptr, dx_ptr,
-    C, H, W, n_entries, n_pblocks,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    g_ptr,
+    argmax_ptr,
+    start_ptr,
+    sample_ptr,
+    weight_ptr,
+    dx_ptr,
+    C,
+    H,
+    W,
+    n_entries,
+    n_pblocks,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     # axis 0 enumerates (channel block, pixel block) pairs, pixel blocks fastest
     cb = tl.program_id(0) // n_pblocks
@@ -352,10 +395,12 @@ def backward_grids(B, C, H, W):
     """Grids of the backward's kernels: dtheta partials, dtheta reduction, inverse index, dx."""
     block_r, _ = _row_blocks(C, H, W)
     block_c, block_p = _dx_blocks(C, H * W)
-    return (checked_grid((triton.cdiv(C * H, block_r), B), "affine_hpool backward (dtheta)"),
-            checked_grid((B,), "affine_hpool backward (dtheta reduction)"),
-            checked_grid((B,), "affine_hpool backward (inverse index)"),
-            checked_grid((triton.cdiv(C, block_c) * triton.cdiv(H * W, block_p), B), "affine_hpool backward (dx)"))
+    return (
+        checked_grid((triton.cdiv(C * H, block_r), B), "affine_hpool backward (dtheta)"),
+        checked_grid((B,), "affine_hpool backward (dtheta reduction)"),
+        checked_grid((B,), "affine_hpool backward (inverse index)"),
+        checked_grid((triton.cdiv(C, block_c) * triton.cdiv(H * W, block_p), B), "affine_hpool backward (dx)"),
+    )
 
 
 def _check_indices(C, H, W):
@@ -383,8 +428,16 @@ def inverse_index(theta, H, W):
     block_e, block_p = _index_blocks(HW)
     with device_context(theta):
         _inverse_index_kernel[checked_grid((B,), "affine_hpool inverse index")](
-            theta, start, sample, weight, cursor, H, W,
-            ACC=acc_dtype(theta.dtype), BLOCK_E=block_e, BLOCK_P=block_p,
+            theta,
+            start,
+            sample,
+            weight,
+            cursor,
+            H,
+            W,
+            ACC=acc_dtype(theta.dtype),
+            BLOCK_E=block_e,
+            BLOCK_P=block_p,
             num_warps=num_warps_for(block_e * block_e),
         )
     return start, sample, weight
@@ -409,13 +462,38 @@ def affine_hpool_backward(grad_out, x, theta, argmax):
     block_c, block_p = _dx_blocks(C, HW)
     with device_context(x):
         _affine_hpool_dtheta_kernel[dtheta_grid](
-            x, theta, grad_out, argmax, partial, C, H, W, n_rblocks, *x.stride(),
-            ACC=ACC, BLOCK_R=block_r, BLOCK_W=block_w, num_warps=num_warps_for(block_r * block_w),
+            x,
+            theta,
+            grad_out,
+            argmax,
+            partial,
+            C,
+            H,
+            W,
+            n_rblocks,
+            *x.stride(),
+            ACC=ACC,
+            BLOCK_R=block_r,
+            BLOCK_W=block_w,
+            num_warps=num_warps_for(block_r * block_w),
         )
         _dtheta_reduce_kernel[reduce_grid](partial, grad_theta, n_rblocks, ACC=ACC, num_warps=1)
         start, sample, weight = inverse_index(theta.to(acc_t).contiguous(), H, W)
         _affine_hpool_dx_kernel[dx_grid](
-            grad_out, argmax, start, sample, weight, dx, C, H, W, 4 * HW, triton.cdiv(HW, block_p),
-            ACC=ACC, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps_for(block_c * block_p),
+            grad_out,
+            argmax,
+            start,
+            sample,
+            weight,
+            dx,
+            C,
+            H,
+            W,
+            4 * HW,
+            triton.cdiv(HW, block_p),
+            ACC=ACC,
+            BLOCK_C=block_c,
+            BLOCK_P=block_p,
+            num_warps=num_warps_for(block_c * block_p),
         )
     return dx, grad_theta

@@ -123,9 +123,20 @@ def _column_sums(scale, shift, x, W, ACC: tl.constexpr, BLOCK_W: tl.constexpr, W
 
 @triton.jit
 def _separable_fwd_kernel(
-    x_ptr, theta_ptr, out_ptr, argmax_ptr,
-    C, H, W, s_b, s_c, s_h, s_w,
-    ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+    x_ptr,
+    theta_ptr,
+    out_ptr,
+    argmax_ptr,
+    C,
+    H,
+    W,
+    s_b,
+    s_c,
+    s_h,
+    s_w,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
 ):
     rb = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -162,9 +173,23 @@ def _separable_fwd_kernel(
 
 @triton.jit
 def _separable_dtheta_kernel(
-    x_ptr, theta_ptr, g_ptr, argmax_ptr, partial_ptr,
-    C, H, W, n_rblocks, s_b, s_c, s_h, s_w,
-    ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_W: tl.constexpr,
+    x_ptr,
+    theta_ptr,
+    g_ptr,
+    argmax_ptr,
+    partial_ptr,
+    C,
+    H,
+    W,
+    n_rblocks,
+    s_b,
+    s_c,
+    s_h,
+    s_w,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+    BLOCK_W: tl.constexpr,
 ):
     rb = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -210,8 +235,7 @@ def _separable_dtheta_kernel(
 
 
 @triton.jit
-def _separable_dtheta_reduce_kernel(partial_ptr, dtheta_ptr, n_rblocks, H, W, ACC: tl.constexpr,
-                                    BLOCK_J: tl.constexpr):
+def _separable_dtheta_reduce_kernel(partial_ptr, dtheta_ptr, n_rblocks, H, W, ACC: tl.constexpr, BLOCK_J: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     k = tl.arange(0, 4)
     acc = tl.zeros([BLOCK_J, 4], dtype=ACC)
@@ -230,9 +254,17 @@ def _separable_dtheta_reduce_kernel(partial_ptr, dtheta_ptr, n_rblocks, H, W, AC
 
 @triton.jit
 def _separable_dx_kernel(
-    theta_ptr, g_ptr, argmax_ptr, dx_ptr,
-    C, H, W,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_H: tl.constexpr,
+    theta_ptr,
+    g_ptr,
+    argmax_ptr,
+    dx_ptr,
+    C,
+    H,
+    W,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+    BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
     pid = tl.program_id(0)  # (channel block, y), y fastest: neighbours share their g and argmax rows
@@ -265,8 +297,9 @@ def _separable_dx_kernel(
             g = tl.load(g_ptr + rows + h, mask=c_ok, other=0.0).to(ACC)
             am = tl.load(argmax_ptr + rows + h, mask=c_ok, other=0)
             xa, txa, _ua = _taps(xs, xt, am, W, ACC)
-            ax_a = (tl.where(x[None, :] == xa[:, None], 1 - txa[:, None], 0.0)
-                    + tl.where(x[None, :] == xa[:, None] + 1, txa[:, None], 0.0))
+            ax_a = tl.where(x[None, :] == xa[:, None], 1 - txa[:, None], 0.0) + tl.where(
+                x[None, :] == xa[:, None] + 1, txa[:, None], 0.0
+            )
             p = (g / W)[:, None] * s[None, :] + g[:, None] * ax_a  # P[h, x] = (dR A_x)[h, x]
             acc += wy * p
         out = dx_ptr + (rows[:, None] + y) * W + x[None, :]
@@ -301,9 +334,11 @@ def backward_grids(B, C, H, W, dtype=torch.float32):
     """Grids of the backward's kernels: dtheta partials, dtheta reduction, dx."""
     block_r, _, _ = _dtheta_blocks(C, H, W)
     block_c, _, _, _ = _dx_blocks(C, H, W, dtype)
-    return (checked_grid((triton.cdiv(C * H, block_r), B), "affine_hpool_separable backward (dtheta)"),
-            checked_grid((B,), "affine_hpool_separable backward (dtheta reduction)"),
-            checked_grid((triton.cdiv(C, block_c) * H, B), "affine_hpool_separable backward (dx)"))
+    return (
+        checked_grid((triton.cdiv(C * H, block_r), B), "affine_hpool_separable backward (dtheta)"),
+        checked_grid((B,), "affine_hpool_separable backward (dtheta reduction)"),
+        checked_grid((triton.cdiv(C, block_c) * H, B), "affine_hpool_separable backward (dx)"),
+    )
 
 
 def _check_indices(C, H, W):
@@ -334,15 +369,45 @@ def affine_hpool_separable_backward(grad_out, x, theta, argmax):
     block_c, dx_block_x, block_h, dx_block_w = _dx_blocks(C, H, W, x.dtype)
     with device_context(x):
         _separable_dtheta_kernel[dtheta_grid](
-            x, theta, grad_out, argmax, partial, C, H, W, n_rblocks, *x.stride(),
-            ACC=ACC, BLOCK_R=block_r, BLOCK_X=block_x, BLOCK_W=block_w, num_warps=num_warps_for(block_r * block_x),
+            x,
+            theta,
+            grad_out,
+            argmax,
+            partial,
+            C,
+            H,
+            W,
+            n_rblocks,
+            *x.stride(),
+            ACC=ACC,
+            BLOCK_R=block_r,
+            BLOCK_X=block_x,
+            BLOCK_W=block_w,
+            num_warps=num_warps_for(block_r * block_x),
         )
         _separable_dtheta_reduce_kernel[reduce_grid](
-            partial, grad_theta, n_rblocks, H, W, ACC=ACC, BLOCK_J=REDUCE_BLOCK, num_warps=4,
+            partial,
+            grad_theta,
+            n_rblocks,
+            H,
+            W,
+            ACC=ACC,
+            BLOCK_J=REDUCE_BLOCK,
+            num_warps=4,
         )
         _separable_dx_kernel[dx_grid](
-            theta, grad_out, argmax, dx, C, H, W,
-            ACC=ACC, BLOCK_C=block_c, BLOCK_X=dx_block_x, BLOCK_H=block_h, BLOCK_W=dx_block_w,
+            theta,
+            grad_out,
+            argmax,
+            dx,
+            C,
+            H,
+            W,
+            ACC=ACC,
+            BLOCK_C=block_c,
+            BLOCK_X=dx_block_x,
+            BLOCK_H=block_h,
+            BLOCK_W=dx_block_w,
             num_warps=num_warps_for(block_c * dx_block_x),
         )
     return dx, grad_theta

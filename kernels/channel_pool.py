@@ -43,10 +43,21 @@ from scstn_vcn.kernels._common import (
 
 @triton.jit
 def _channel_pool_fwd_kernel(
-    x_ptr, partial_ptr, gpool_ptr, argmax_ptr,
-    C, HW, W, n_cblocks,
-    s_b, s_c, s_h, s_w,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    x_ptr,
+    partial_ptr,
+    gpool_ptr,
+    argmax_ptr,
+    C,
+    HW,
+    W,
+    n_cblocks,
+    s_b,
+    s_c,
+    s_h,
+    s_w,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     cb = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -82,9 +93,7 @@ def _channel_pool_fwd_kernel(
 
 
 @triton.jit
-def _channel_mean_reduce_kernel(
-    partial_ptr, cmean_ptr, C, HW, n_cblocks, ACC: tl.constexpr, BLOCK_P: tl.constexpr
-):
+def _channel_mean_reduce_kernel(partial_ptr, cmean_ptr, C, HW, n_cblocks, ACC: tl.constexpr, BLOCK_P: tl.constexpr):
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     b = tl.program_id(1).to(tl.int64)
     p_ok = p < HW
@@ -97,8 +106,16 @@ def _channel_mean_reduce_kernel(
 
 @triton.jit
 def _channel_pool_bwd_kernel(
-    gm_ptr, gp_ptr, argmax_ptr, dx_ptr, C, HW, n_pblocks,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    gm_ptr,
+    gp_ptr,
+    argmax_ptr,
+    dx_ptr,
+    C,
+    HW,
+    n_pblocks,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     # axis 0 enumerates (channel block, position block) pairs, position blocks fastest
     cb = tl.program_id(0) // n_pblocks
@@ -146,8 +163,10 @@ def forward_grids(B, C, H, W, dtype=torch.float32):
     """Grids of the forward's two kernels (channel blocks resp. position blocks on axis 0, B on axis 1)."""
     HW = H * W
     block_c, _ = _forward_blocks(C, HW, dtype)
-    return (checked_grid((triton.cdiv(C, block_c), B), "channel_pool forward"),
-            checked_grid((triton.cdiv(HW, _reduce_block(HW)), B), "channel_pool forward (channel mean)"))
+    return (
+        checked_grid((triton.cdiv(C, block_c), B), "channel_pool forward"),
+        checked_grid((triton.cdiv(HW, _reduce_block(HW)), B), "channel_pool forward (channel mean)"),
+    )
 
 
 def backward_grid(B, C, H, W):
@@ -175,8 +194,18 @@ def channel_pool_forward(x):
     cmean = torch.empty((B, H, W), device=x.device, dtype=x.dtype)
     with device_context(x):
         _channel_pool_fwd_kernel[pool_grid](
-            x, partial, gpool, argmax, C, HW, W, n_cblocks, *x.stride(),
-            ACC=acc_dtype(x.dtype), BLOCK_C=block_c, BLOCK_P=block_p,
+            x,
+            partial,
+            gpool,
+            argmax,
+            C,
+            HW,
+            W,
+            n_cblocks,
+            *x.stride(),
+            ACC=acc_dtype(x.dtype),
+            BLOCK_C=block_c,
+            BLOCK_P=block_p,
             num_warps=num_warps_for(block_c * block_p),
         )
         _channel_mean_reduce_kernel[reduce_grid](
@@ -196,8 +225,16 @@ def channel_pool_backward(grad_cmean, grad_gpool, argmax, x):
     block_c, block_p = _backward_blocks(C, HW)
     with device_context(x):
         _channel_pool_bwd_kernel[backward_grid(B, C, H, W)](
-            grad_cmean, grad_gpool, argmax, dx, C, HW, triton.cdiv(HW, block_p),
-            ACC=acc_dtype(x.dtype), BLOCK_C=block_c, BLOCK_P=block_p,
+            grad_cmean,
+            grad_gpool,
+            argmax,
+            dx,
+            C,
+            HW,
+            triton.cdiv(HW, block_p),
+            ACC=acc_dtype(x.dtype),
+            BLOCK_C=block_c,
+            BLOCK_P=block_p,
             num_warps=num_warps_for(block_c * block_p),
         )
     return dx

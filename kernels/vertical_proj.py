@@ -28,8 +28,16 @@ from scstn_vcn.kernels._common import acc_dtype, checked_grid, device_context, n
 
 @triton.jit
 def _vertical_proj_fwd_kernel(
-    F_ptr, delta_ptr, f_ptr, C, K, H,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
+    F_ptr,
+    delta_ptr,
+    f_ptr,
+    C,
+    K,
+    H,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     b = tl.program_id(1).to(tl.int64)
@@ -43,19 +51,31 @@ def _vertical_proj_fwd_kernel(
         for h0 in range(0, H, BLOCK_H):
             h = h0 + tl.arange(0, BLOCK_H)
             h_ok = h < H
-            Fv = tl.load(F_ptr + row[:, None] * H + h[None, :],
-                         mask=c_ok[:, None] & h_ok[None, :], other=0.0).to(ACC)
-            d = tl.load(delta_ptr + (c3 * K + k[None, :, None]) * H + h[None, None, :],
-                        mask=c_ok[:, None, None] & k_ok[None, :, None] & h_ok[None, None, :], other=0.0).to(ACC)
+            Fv = tl.load(F_ptr + row[:, None] * H + h[None, :], mask=c_ok[:, None] & h_ok[None, :], other=0.0).to(ACC)
+            d = tl.load(
+                delta_ptr + (c3 * K + k[None, :, None]) * H + h[None, None, :],
+                mask=c_ok[:, None, None] & k_ok[None, :, None] & h_ok[None, None, :],
+                other=0.0,
+            ).to(ACC)
             acc += tl.sum(Fv[:, None, :] * d, axis=2)
-        tl.store(f_ptr + row[:, None] * K + k[None, :], acc.to(f_ptr.dtype.element_ty),
-                 mask=c_ok[:, None] & k_ok[None, :])
+        tl.store(
+            f_ptr + row[:, None] * K + k[None, :], acc.to(f_ptr.dtype.element_ty), mask=c_ok[:, None] & k_ok[None, :]
+        )
 
 
 @triton.jit
 def _vertical_proj_dF_kernel(
-    g_ptr, delta_ptr, dF_ptr, C, K, H, n_hblocks,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
+    g_ptr,
+    delta_ptr,
+    dF_ptr,
+    C,
+    K,
+    H,
+    n_hblocks,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):
     # axis 0 enumerates (channel block, h chunk) pairs, h chunks fastest
     cb = tl.program_id(0) // n_hblocks
@@ -71,19 +91,33 @@ def _vertical_proj_dF_kernel(
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < K
-        g = tl.load(g_ptr + row[:, None] * K + k[None, :], mask=c_ok[:, None] & k_ok[None, :],
-                    other=0.0).to(ACC)
-        d = tl.load(delta_ptr + (c3 * K + k[None, :, None]) * H + h[None, None, :],
-                    mask=c_ok[:, None, None] & k_ok[None, :, None] & h_ok[None, None, :], other=0.0).to(ACC)
+        g = tl.load(g_ptr + row[:, None] * K + k[None, :], mask=c_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)
+        d = tl.load(
+            delta_ptr + (c3 * K + k[None, :, None]) * H + h[None, None, :],
+            mask=c_ok[:, None, None] & k_ok[None, :, None] & h_ok[None, None, :],
+            other=0.0,
+        ).to(ACC)
         acc += tl.sum(g[:, :, None] * d, axis=1)
-    tl.store(dF_ptr + row[:, None] * H + h[None, :], acc.to(dF_ptr.dtype.element_ty),
-             mask=c_ok[:, None] & h_ok[None, :])
+    tl.store(
+        dF_ptr + row[:, None] * H + h[None, :], acc.to(dF_ptr.dtype.element_ty), mask=c_ok[:, None] & h_ok[None, :]
+    )
 
 
 @triton.jit
 def _vertical_proj_ddelta_kernel(
-    g_ptr, F_ptr, partial_ptr, B, C, K, H, n_hblocks, per_split,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
+    g_ptr,
+    F_ptr,
+    partial_ptr,
+    B,
+    C,
+    K,
+    H,
+    n_hblocks,
+    per_split,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):
     """partial[split, c, k, h] = sum over the split's images b (increasing) of g[b, c, k] F[b, c, h]."""
     cb = tl.program_id(0) // n_hblocks
@@ -103,15 +137,15 @@ def _vertical_proj_ddelta_kernel(
         acc = tl.zeros([BLOCK_C, BLOCK_K, BLOCK_H], dtype=ACC)
         row = b_first.to(tl.int64) * C + c64  # rows b C + c of g and F, b = b_first first
         for _ in range(b_first, b_end):  # increasing b: a fixed order, deterministic
-            g = tl.load(g_ptr + row[:, None] * K + k[None, :], mask=c_ok[:, None] & k_ok[None, :],
-                        other=0.0).to(ACC)
-            Fv = tl.load(F_ptr + row[:, None] * H + h[None, :], mask=c_ok[:, None] & h_ok[None, :],
-                         other=0.0).to(ACC)
+            g = tl.load(g_ptr + row[:, None] * K + k[None, :], mask=c_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)
+            Fv = tl.load(F_ptr + row[:, None] * H + h[None, :], mask=c_ok[:, None] & h_ok[None, :], other=0.0).to(ACC)
             acc += g[:, :, None] * Fv[:, None, :]
             row += C
-        tl.store(out + (c64[:, None, None] * K + k[None, :, None]) * H + h[None, None, :],
-                 acc.to(partial_ptr.dtype.element_ty),
-                 mask=c_ok[:, None, None] & k_ok[None, :, None] & h_ok[None, None, :])
+        tl.store(
+            out + (c64[:, None, None] * K + k[None, :, None]) * H + h[None, None, :],
+            acc.to(partial_ptr.dtype.element_ty),
+            mask=c_ok[:, None, None] & k_ok[None, :, None] & h_ok[None, None, :],
+        )
 
 
 @triton.jit
@@ -169,10 +203,14 @@ def backward_grids(B, C, K, H):
     dblock_c, _, _ = _ddelta_blocks(C, K, H)
     n_splits, _ = ddelta_splits(B, C, K, H)
     dF = checked_grid((triton.cdiv(C, block_c) * triton.cdiv(H, block_h), B), "vertical_proj backward (dF)")
-    ddelta = checked_grid((triton.cdiv(C, dblock_c) * triton.cdiv(H, block_h), n_splits),
-                          "vertical_proj backward (ddelta)")
-    reduce = None if n_splits == 1 else checked_grid((triton.cdiv(C * K * H, _REDUCE_BLOCK),),
-                                                     "vertical_proj backward (ddelta reduction)")
+    ddelta = checked_grid(
+        (triton.cdiv(C, dblock_c) * triton.cdiv(H, block_h), n_splits), "vertical_proj backward (ddelta)"
+    )
+    reduce = (
+        None
+        if n_splits == 1
+        else checked_grid((triton.cdiv(C * K * H, _REDUCE_BLOCK),), "vertical_proj backward (ddelta reduction)")
+    )
     return dF, ddelta, reduce
 
 
@@ -191,7 +229,16 @@ def vertical_proj_forward(F, delta):
     block_c, block_k, block_h = _blocks(C, K, H)
     with device_context(F):
         _vertical_proj_fwd_kernel[forward_grid(B, C, K, H)](
-            F, delta, f, C, K, H, ACC=acc_dtype(F.dtype), BLOCK_C=block_c, BLOCK_K=block_k, BLOCK_H=block_h,
+            F,
+            delta,
+            f,
+            C,
+            K,
+            H,
+            ACC=acc_dtype(F.dtype),
+            BLOCK_C=block_c,
+            BLOCK_K=block_k,
+            BLOCK_H=block_h,
             num_warps=num_warps_for(block_c * block_k * block_h),
         )
     return f
@@ -215,15 +262,37 @@ def vertical_proj_backward(grad_f, F, delta):
     partial = ddelta if n_splits == 1 else torch.empty((n_splits, C, K, H), device=F.device, dtype=delta.dtype)
     with device_context(F):
         _vertical_proj_dF_kernel[dF_grid](
-            grad_f, delta, dF, C, K, H, n_hblocks, ACC=ACC, BLOCK_C=block_c, BLOCK_K=block_k, BLOCK_H=block_h,
+            grad_f,
+            delta,
+            dF,
+            C,
+            K,
+            H,
+            n_hblocks,
+            ACC=ACC,
+            BLOCK_C=block_c,
+            BLOCK_K=block_k,
+            BLOCK_H=block_h,
             num_warps=num_warps_for(block_c * block_k * block_h),
         )
         _vertical_proj_ddelta_kernel[ddelta_grid](
-            grad_f, F, partial, B, C, K, H, n_hblocks, per_split,
-            ACC=ACC, BLOCK_C=dblock_c, BLOCK_K=block_k, BLOCK_H=block_h,
+            grad_f,
+            F,
+            partial,
+            B,
+            C,
+            K,
+            H,
+            n_hblocks,
+            per_split,
+            ACC=ACC,
+            BLOCK_C=dblock_c,
+            BLOCK_K=block_k,
+            BLOCK_H=block_h,
             num_warps=num_warps_for(dblock_c * block_k * block_h),
         )
         if reduce_grid is not None:
-            _ddelta_reduce_kernel[reduce_grid](partial, ddelta, C * K * H, n_splits, ACC=ACC, BLOCK=_REDUCE_BLOCK,
-                                               num_warps=4)
+            _ddelta_reduce_kernel[reduce_grid](
+                partial, ddelta, C * K * H, n_splits, ACC=ACC, BLOCK=_REDUCE_BLOCK, num_warps=4
+            )
     return dF, ddelta

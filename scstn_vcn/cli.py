@@ -20,8 +20,19 @@ def _user_errors():
     from scstn_vcn.engine.errors import MissingDependencyError, UsageError
     from scstn_vcn.ops import BackendUnavailableError
 
-    return (ConfigError, CheckpointError, UsageError, MissingDependencyError, BackendUnavailableError, FileNotFoundError,
-            NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError, ValueError)
+    return (
+        ConfigError,
+        CheckpointError,
+        UsageError,
+        MissingDependencyError,
+        BackendUnavailableError,
+        FileNotFoundError,
+        NotADirectoryError,
+        IsADirectoryError,
+        FileExistsError,
+        PermissionError,
+        ValueError,
+    )
 
 
 def _command_modules():

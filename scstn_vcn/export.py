@@ -36,8 +36,9 @@ def export_model_file(model, config, source, path, with_classifiers=False):
     from scstn_vcn.configs import model_identity
 
     identity = model_identity(config, source.identity["num_classes"])
-    return model_file.save_model_file(path, model, config, identity, with_classifiers=with_classifiers,
-                                      epoch=source.epoch)
+    return model_file.save_model_file(
+        path, model, config, identity, with_classifiers=with_classifiers, epoch=source.epoch
+    )
 
 
 class _InferenceWrapper(torch.nn.Module):
@@ -73,12 +74,20 @@ def export_onnx(model, config, path, opset=20):
     # The fused backends are custom ops ONNX does not know; the eager ops are standard torch ops.
     with ops.use_backend("eager"), torch.no_grad():
         program = torch.onnx.export(
-            wrapper, (example,), dynamo=True, opset_version=opset, verbose=False, input_names=["images"], output_names=names,
+            wrapper,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            verbose=False,
+            input_names=["images"],
+            output_names=names,
             dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
         )
     # ONNXProgram.save wants a path: a fresh temporary name beside `path` (never a fixed, guessable one), renamed
     # into place once complete.
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
+    fd, tmp = tempfile.mkstemp(
+        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path))
+    )
     os.close(fd)
     try:
         program.save(tmp)

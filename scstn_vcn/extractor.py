@@ -54,8 +54,7 @@ class FeatureExtractor:
             check_backend_name(backend)
             ok, why = ops.backend_status(backend, self.device)
             if not ok:
-                raise ops.BackendUnavailableError(
-                    f"backend {backend!r} is not available on {self.device.type}: {why}")
+                raise ops.BackendUnavailableError(f"backend {backend!r} is not available on {self.device.type}: {why}")
         self.backend = backend
         self.batch_size = batch_size
         self.amp = amp
@@ -68,8 +67,10 @@ class FeatureExtractor:
 
     def __repr__(self):
         model = self.config["model"]
-        return (f"FeatureExtractor({self.checkpoint!r}, {model['backbone']}-{model['variant']}, input "
-                f"{self.input_size[0]}x{self.input_size[1]}, device={str(self.device)!r}, backend={self.backend!r})")
+        return (
+            f"FeatureExtractor({self.checkpoint!r}, {model['backbone']}-{model['variant']}, input "
+            f"{self.input_size[0]}x{self.input_size[1]}, device={str(self.device)!r}, backend={self.backend!r})"
+        )
 
     # ----------------------------------------------------------------------------------- input
 
@@ -83,33 +84,41 @@ class FeatureExtractor:
             image = item.convert("RGB")
         elif isinstance(item, np.ndarray):
             if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
-                raise ValueError(f"images[{index}]: a numpy image must be uint8 RGB of shape (H, W, 3), "
-                                 f"got {item.dtype} {item.shape}")
+                raise ValueError(
+                    f"images[{index}]: a numpy image must be uint8 RGB of shape (H, W, 3), "
+                    f"got {item.dtype} {item.shape}"
+                )
             # Through PIL, as a file read by the evaluator is: the resize then matches exactly.
             image = Image.fromarray(np.ascontiguousarray(item), "RGB")
         else:
-            raise TypeError(f"images[{index}]: expected an image path, a PIL image or a uint8 (H, W, 3) numpy "
-                            f"array, got {type(item).__name__}")
+            raise TypeError(
+                f"images[{index}]: expected an image path, a PIL image or a uint8 (H, W, 3) numpy "
+                f"array, got {type(item).__name__}"
+            )
         return self.transform(image)
 
     def _batches(self, images):
         """Model-input batches (B, 3, H, W) on the CPU, decoded one batch at a time."""
         if isinstance(images, torch.Tensor):
             if not images.is_floating_point() or images.dim() != 4 or images.shape[1] != 3:
-                raise ValueError(f"images: a tensor must be a float batch (N, 3, H, W) of normalised images, "
-                                 f"got {images.dtype} {tuple(images.shape)}")
+                raise ValueError(
+                    f"images: a tensor must be a float batch (N, 3, H, W) of normalised images, "
+                    f"got {images.dtype} {tuple(images.shape)}"
+                )
             if tuple(images.shape[2:]) != self.input_size:
-                raise ValueError(f"images: the model was trained on {self.input_size[0]}x{self.input_size[1]} "
-                                 f"inputs, got a {images.shape[2]}x{images.shape[3]} batch; pass paths or PIL "
-                                 f"images to have them resized")
+                raise ValueError(
+                    f"images: the model was trained on {self.input_size[0]}x{self.input_size[1]} "
+                    f"inputs, got a {images.shape[2]}x{images.shape[3]} batch; pass paths or PIL "
+                    f"images to have them resized"
+                )
             for start in range(0, images.shape[0], self.batch_size):
-                yield images[start:start + self.batch_size]
+                yield images[start : start + self.batch_size]
             return
         if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
             images = [images]
         images = list(images)
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
+            chunk = images[start : start + self.batch_size]
             yield torch.stack([self._image(item, start + i) for i, item in enumerate(chunk)])
 
     # ----------------------------------------------------------------------------------- features
@@ -146,8 +155,9 @@ class FeatureExtractor:
 
         names = self.feature_names if branch == "fusion" else [branch]
         if branch != "fusion" and branch not in self.feature_names:
-            raise ValueError(f"branch must be 'fusion' or one of {', '.join(map(repr, self.feature_names))}, "
-                             f"got {branch!r}")
+            raise ValueError(
+                f"branch must be 'fusion' or one of {', '.join(map(repr, self.feature_names))}, got {branch!r}"
+            )
         total = None
         for name in names:
             for label, feats in (("query", query), ("gallery", gallery)):

@@ -1,10 +1,10 @@
 """Figures (PNG, matplotlib's Agg backend, no display needed):
 
-  training curves   loss / accuracy / learning rate (and eval metrics) per epoch from log.csv
-  ranked lists      Fig. 7: a query and its top-k gallery images, green border = same identity
-  alignment         Fig. 5: the input image and the same image resampled with the SC-STN's theta
-  heat maps         Fig. 6: the channel mean of the backbone map M, upsampled over the image
-  search results    a query image and its nearest gallery images, with distances (`scstn-vcn search`)
+training curves   loss / accuracy / learning rate (and eval metrics) per epoch from log.csv
+ranked lists      Fig. 7: a query and its top-k gallery images, green border = same identity
+alignment         Fig. 5: the input image and the same image resampled with the SC-STN's theta
+heat maps         Fig. 6: the channel mean of the backbone map M, upsampled over the image
+search results    a query image and its nearest gallery images, with distances (`scstn-vcn search`)
 """
 
 import os
@@ -41,14 +41,20 @@ def plot_training_curves(log_csv, path):
     from scstn_vcn.engine.logging import read_csv_log
 
     if not os.path.isfile(log_csv):
-        raise FileNotFoundError(f"training log {log_csv}: no such file (expected the log.csv of a `scstn-vcn train` run)")
+        raise FileNotFoundError(
+            f"training log {log_csv}: no such file (expected the log.csv of a `scstn-vcn train` run)"
+        )
     rows = read_csv_log(log_csv)
     if not rows:
         raise ValueError(f"training log {log_csv}: holds no epoch rows")
     epochs = [r["epoch"] for r in rows]
     loss_keys = [k for k in rows[-1] if k == "loss" or k.startswith("loss_")]
     eval_keys = [k for k in rows[-1] if k.endswith("_rank1") or k.endswith("_mAP")]
-    panels = [("loss", loss_keys, True), ("accuracy (global ID, train)", ["acc"], False), ("learning rate", ["lr"], False)]
+    panels = [
+        ("loss", loss_keys, True),
+        ("accuracy (global ID, train)", ["acc"], False),
+        ("learning rate", ["lr"], False),
+    ]
     if eval_keys:
         panels.append(("evaluation (%)", eval_keys, False))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
@@ -194,8 +200,18 @@ def draw_model_figures(model, dataset, config, device, folder, which, num_querie
         query, gallery = features
         names = [n for n in ("global", "spatial") if n in query["feats"]]
         distmat = sum(cosine_distance(query["feats"][n], gallery["feats"][n]) for n in names)
-        written.append(ranked_lists(distmat.cpu().numpy(), dataset.query, dataset.gallery, height, width,
-                                    os.path.join(folder, "ranked_lists.png"), num_queries, topk))
+        written.append(
+            ranked_lists(
+                distmat.cpu().numpy(),
+                dataset.query,
+                dataset.gallery,
+                height,
+                width,
+                os.path.join(folder, "ranked_lists.png"),
+                num_queries,
+                topk,
+            )
+        )
     samples = pick_items(dataset.query, 8)
     if "alignment" in which:
         written.append(alignment_figure(model, samples, height, width, device, os.path.join(folder, "alignment.png")))
@@ -225,4 +241,4 @@ def _short(path, limit=16):
     if len(name) <= limit:
         return name
     head = (limit - 1) // 2
-    return name[:head] + "…" + name[-(limit - 1 - head):]
+    return name[:head] + "…" + name[-(limit - 1 - head) :]

@@ -25,7 +25,9 @@ def opcheck_forward_and_backward(op, backend, case):
     else:
         backward_args = (torch.randn_like(outputs[0]), *args)
     # backward ops have no autograd formula of their own (no double backward): skip that check
-    torch.library.opcheck(backward, backward_args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+    torch.library.opcheck(
+        backward, backward_args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static")
+    )
 
 
 def compiled_matches_eager(fn, inputs):

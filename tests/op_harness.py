@@ -136,7 +136,10 @@ def random_cases(op, count, seed, limits=(3, 40, 12, 8)):
                 raise RuntimeError(f"could not draw a well-conditioned affine_hpool case {index}")
         elif op == "vertical_proj":
             kernels = int(torch.randint(1, 8, (1,), generator=gen))
-            values = {"F": randn(batch, channels, height), "delta": randn(channels, kernels, height) / math.sqrt(height)}
+            values = {
+                "F": randn(batch, channels, height),
+                "delta": randn(channels, kernels, height) / math.sqrt(height),
+            }
         else:
             raise ValueError(f"unknown op {op!r}")
         cases.append(Case(f"{op}-{index}", dtype, values, layout))

@@ -27,7 +27,9 @@ def test_unavailable_backends_say_why():
     ok, why = ops.backend_status("native", "cuda")
     assert not ok and ("CUDA" in why)
     # no CUDA tensor can be made here, so ask the resolver the ops use directly
-    with pytest.raises(ops.BackendUnavailableError, match="backend 'triton' is not available for cuda tensors: no CUDA device"):
+    with pytest.raises(
+        ops.BackendUnavailableError, match="backend 'triton' is not available for cuda tensors: no CUDA device"
+    ):
         ops._backend.resolve("triton", "cuda")
 
 

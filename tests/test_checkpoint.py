@@ -21,8 +21,15 @@ def _small_state(config, value):
         model.weight.fill_(value)
     optimizer = build_optimizer(model, config["optim"])
     scheduler = build_scheduler(optimizer, config["optim"])
-    return dict(model=model, optimizer=optimizer, scheduler=scheduler, epoch=int(value), config=config,
-                identity=model_identity(config, 10), rng_state=[get_rng_state()])
+    return dict(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epoch=int(value),
+        config=config,
+        identity=model_identity(config, 10),
+        rng_state=[get_rng_state()],
+    )
 
 
 @pytest.fixture
@@ -128,8 +135,13 @@ def test_a_checkpoint_is_plain_data_read_weights_only(tmp_path, config):
 
 
 def _draws():
-    return (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), float(np.random.standard_normal()),
-            torch.rand(3))
+    return (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.rand(3).tolist(),
+        float(np.random.standard_normal()),
+        torch.rand(3),
+    )
 
 
 def test_rng_states_survive_a_checkpoint_exactly(tmp_path, config):

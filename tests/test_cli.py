@@ -8,9 +8,22 @@ import torch
 
 from scstn_vcn.cli import main
 
-TINY = ["--set", "data.height=64", "--set", "data.width=32", "--set", "data.num_identities=4",
-        "--set", "data.num_instances=2", "--set", "train.max_steps_per_epoch=2", "--set", "eval.batch_size=32",
-        "--set", "data.workers=0"]
+TINY = [
+    "--set",
+    "data.height=64",
+    "--set",
+    "data.width=32",
+    "--set",
+    "data.num_identities=4",
+    "--set",
+    "data.num_instances=2",
+    "--set",
+    "train.max_steps_per_epoch=2",
+    "--set",
+    "eval.batch_size=32",
+    "--set",
+    "data.workers=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +46,7 @@ def test_demo_prints_the_table_and_writes_the_figures(demo_run):
     lines = printed.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("branch"))
     assert lines[header].split() == ["branch", "rank-1", "mAP"]
-    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[header + 2: header + 5]}
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[header + 2 : header + 5]}
     assert set(rows) == {"global", "spatial", "fusion"}
     assert all(0.0 <= v <= 100.0 for values in rows.values() for v in values)
     for name in ("training_curves", "ranked_lists", "alignment", "heatmaps"):
@@ -82,8 +95,12 @@ def test_eval_prints_all_metrics_and_writes_json(demo_run, tmp_path, capsys):
 def test_export_npz(demo_run, tmp_path):
     _, _, out = demo_run
     target = tmp_path / "feats.npz"
-    assert main(["export", "--checkpoint", str(out / "run" / "checkpoint.pth"), "--format", "npz",
-                 "--output", str(target)]) == 0
+    assert (
+        main(
+            ["export", "--checkpoint", str(out / "run" / "checkpoint.pth"), "--format", "npz", "--output", str(target)]
+        )
+        == 0
+    )
     data = np.load(target)
     assert data["query_global"].shape[0] == data["query_pids"].shape[0] == data["query_paths"].shape[0]
     assert data["gallery_spatial"].shape[1] == 6 * data["gallery_global"].shape[1]  # C*K with K = 6
@@ -123,8 +140,18 @@ def test_export_onnx_or_clear_error(demo_run, tmp_path, capsys):
 def test_onnx_without_onnx_installed_says_what_to_install(demo_run, tmp_path, capsys, monkeypatch):
     _, _, out = demo_run
     monkeypatch.setitem(__import__("sys").modules, "onnxscript", None)  # makes `import onnxscript` fail
-    err = _error(capsys, ["export", "--checkpoint", str(out / "run" / "checkpoint.pth"), "--format", "onnx",
-                          "--output", str(tmp_path / "m.onnx")])
+    err = _error(
+        capsys,
+        [
+            "export",
+            "--checkpoint",
+            str(out / "run" / "checkpoint.pth"),
+            "--format",
+            "onnx",
+            "--output",
+            str(tmp_path / "m.onnx"),
+        ],
+    )
     assert "pip install onnx onnxscript" in err
     assert not (tmp_path / "m.onnx").exists()
 
@@ -132,18 +159,55 @@ def test_onnx_without_onnx_installed_says_what_to_install(demo_run, tmp_path, ca
 def test_visualize_writes_pngs(demo_run, tmp_path, capsys):
     _, _, out = demo_run
     folder = tmp_path / "figs"
-    assert main(["visualize", "--checkpoint", str(out / "run" / "checkpoint.pth"), "--output", str(folder),
-                 "--num-queries", "2", "--topk", "3"]) == 0
-    assert sorted(p.name for p in folder.iterdir()) == ["alignment.png", "heatmaps.png", "ranked_lists.png",
-                                                        "training_curves.png"]
+    assert (
+        main(
+            [
+                "visualize",
+                "--checkpoint",
+                str(out / "run" / "checkpoint.pth"),
+                "--output",
+                str(folder),
+                "--num-queries",
+                "2",
+                "--topk",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "alignment.png",
+        "heatmaps.png",
+        "ranked_lists.png",
+        "training_curves.png",
+    ]
     assert main(["visualize", "--what", "curves,bogus", "--log", str(out / "run" / "log.csv")]) == 2
     assert "unknown figure(s) bogus" in capsys.readouterr().err
 
 
 def test_make_synthetic(tmp_path, capsys):
     root = tmp_path / "syn"
-    assert main(["make-synthetic", str(root), "--num-identities", "4", "--num-distractors", "1", "--num-junk", "1",
-                 "--images-per-identity", "2", "--gallery-per-identity", "2", "--query-per-identity", "1"]) == 0
+    assert (
+        main(
+            [
+                "make-synthetic",
+                str(root),
+                "--num-identities",
+                "4",
+                "--num-distractors",
+                "1",
+                "--num-junk",
+                "1",
+                "--images-per-identity",
+                "2",
+                "--gallery-per-identity",
+                "2",
+                "--query-per-identity",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert (root / "bounding_box_train").is_dir() and (root / "query").is_dir()
 
 
@@ -166,8 +230,18 @@ def test_missing_data_root_is_a_one_line_error(tmp_path, capsys):
 
 def test_data_root_of_the_wrong_layout(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    err = _error(capsys, ["train", "--config", "r50o_market1501", "--data-root", str(tmp_path / "empty"),
-                          "--output", str(tmp_path / "r")])
+    err = _error(
+        capsys,
+        [
+            "train",
+            "--config",
+            "r50o_market1501",
+            "--data-root",
+            str(tmp_path / "empty"),
+            "--output",
+            str(tmp_path / "r"),
+        ],
+    )
     assert "market1501" in err and "bounding_box_train" in err
 
 
@@ -187,8 +261,22 @@ def test_unavailable_backend_fails_instead_of_falling_back(demo_run, tmp_path, c
     _, _, out = demo_run
     # tests/conftest.py may run Triton in its interpreter; an ordinary CPU run cannot.
     monkeypatch.setattr("scstn_vcn.ops._backend.triton_interpreting", lambda: False)
-    err = _error(capsys, ["train", "--config", "demo", "--data-root", str(out / "data"), "--fused", "--kernels",
-                          "triton", "--output", str(tmp_path / "r")] + TINY)
+    err = _error(
+        capsys,
+        [
+            "train",
+            "--config",
+            "demo",
+            "--data-root",
+            str(out / "data"),
+            "--fused",
+            "--kernels",
+            "triton",
+            "--output",
+            str(tmp_path / "r"),
+        ]
+        + TINY,
+    )
     assert "'triton' backend on cpu, which is not available" in err
     assert not (tmp_path / "r" / "checkpoint.pth").exists()
 
@@ -197,8 +285,20 @@ def test_fused_cpu_training_uses_native(demo_run, tmp_path, capsys):
     from scstn_vcn import ops
 
     _, _, out = demo_run
-    argv = ["train", "--config", "demo", "--data-root", str(out / "data"), "--fused", "--epochs", "1",
-            "--output", str(tmp_path / "r"), "--no-eval", "--no-progress"] + TINY
+    argv = [
+        "train",
+        "--config",
+        "demo",
+        "--data-root",
+        str(out / "data"),
+        "--fused",
+        "--epochs",
+        "1",
+        "--output",
+        str(tmp_path / "r"),
+        "--no-eval",
+        "--no-progress",
+    ] + TINY
     try:
         if not ops.backend_status("native", "cpu")[0]:
             err = _error(capsys, argv)
@@ -222,8 +322,10 @@ def test_extract_from_a_folder_a_glob_and_a_list(demo_run, tmp_path):
     checkpoint = str(out / "run" / "checkpoint.pth")
     folder = out / "data" / "query"
     target = tmp_path / "feats.npz"
-    assert main(["extract", "--checkpoint", checkpoint, "--images", str(folder), "--output", str(target),
-                 "--no-progress"]) == 0
+    assert (
+        main(["extract", "--checkpoint", checkpoint, "--images", str(folder), "--output", str(target), "--no-progress"])
+        == 0
+    )
     data = np.load(target)
     assert set(data.files) == {"paths", "global", "spatial"}
     paths = [str(p) for p in data["paths"]]
@@ -234,14 +336,42 @@ def test_extract_from_a_folder_a_glob_and_a_list(demo_run, tmp_path):
         assert np.array_equal(data[name], expected[name].numpy()), name
 
     pattern = str(folder / "*.jpg")
-    assert main(["extract", "--checkpoint", checkpoint, "--images", pattern, "--output", str(target),
-                 "--no-progress", "--batch-size", "5"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--checkpoint",
+                checkpoint,
+                "--images",
+                pattern,
+                "--output",
+                str(target),
+                "--no-progress",
+                "--batch-size",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert [str(p) for p in np.load(target)["paths"]] == paths
 
     listed = [paths[2], paths[0]]
     (tmp_path / "list.txt").write_text("# two queries\n" + "\n".join(listed) + "\n\n")
-    assert main(["extract", "--checkpoint", checkpoint, "--images", str(tmp_path / "list.txt"), "--output",
-                 str(target), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--checkpoint",
+                checkpoint,
+                "--images",
+                str(tmp_path / "list.txt"),
+                "--output",
+                str(target),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     data = np.load(target)
     assert [str(p) for p in data["paths"]] == listed
     assert np.array_equal(data["global"][1], expected["global"][0].numpy())
@@ -260,17 +390,21 @@ def test_extract_bad_images_are_one_line_errors(demo_run, tmp_path, capsys):
         shutil.copy(source, images)
     (images / "zz_broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     target = tmp_path / "feats.npz"
-    err = _error(capsys, ["extract", "--checkpoint", checkpoint, "--images", str(images), "--output", str(target),
-                          "--no-progress"])
+    err = _error(
+        capsys,
+        ["extract", "--checkpoint", checkpoint, "--images", str(images), "--output", str(target), "--no-progress"],
+    )
     assert "zz_broken.jpg" in err
     assert sorted(os.listdir(tmp_path)) == ["images"]  # nothing (half-)written
-    err = _error(capsys, ["extract", "--checkpoint", checkpoint, "--images", str(tmp_path / "none"),
-                          "--output", str(target)])
+    err = _error(
+        capsys, ["extract", "--checkpoint", checkpoint, "--images", str(tmp_path / "none"), "--output", str(target)]
+    )
     assert "--images" in err and "none" in err
     (images / "zz_broken.jpg").unlink()
     (tmp_path / "list.txt").write_text("images/missing.jpg\n")
-    err = _error(capsys, ["extract", "--checkpoint", checkpoint, "--images", str(tmp_path / "list.txt"),
-                          "--output", str(target)])
+    err = _error(
+        capsys, ["extract", "--checkpoint", checkpoint, "--images", str(tmp_path / "list.txt"), "--output", str(target)]
+    )
     assert "line 1: no such image file" in err and "missing.jpg" in err
 
 
@@ -281,9 +415,25 @@ def test_search_prints_and_draws_the_top_k(demo_run, tmp_path, capsys):
     checkpoint = str(out / "run" / "checkpoint.pth")
     query = str(sorted((out / "data" / "query").iterdir())[0])
     target = tmp_path / "ranked.png"
-    assert main(["search", "--checkpoint", checkpoint, "--query", query, "--gallery",
-                 str(out / "data" / "bounding_box_test"), "--topk", "5", "--output", str(target),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--checkpoint",
+                checkpoint,
+                "--query",
+                query,
+                "--gallery",
+                str(out / "data" / "bounding_box_test"),
+                "--topk",
+                "5",
+                "--output",
+                str(target),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     rows = [line.split() for line in printed.splitlines() if line[:4].strip().isdigit()]
     assert [int(r[0]) for r in rows] == [1, 2, 3, 4, 5]
@@ -291,6 +441,18 @@ def test_search_prints_and_draws_the_top_k(demo_run, tmp_path, capsys):
     assert distances == sorted(distances) and all(0.0 <= d <= 4.0 for d in distances)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(os.listdir(tmp_path)) == ["ranked.png"]
-    err = _error(capsys, ["search", "--checkpoint", checkpoint, "--query", str(tmp_path / "q.jpg"), "--gallery",
-                          str(out / "data" / "bounding_box_test"), "--output", str(target)])
+    err = _error(
+        capsys,
+        [
+            "search",
+            "--checkpoint",
+            checkpoint,
+            "--query",
+            str(tmp_path / "q.jpg"),
+            "--gallery",
+            str(out / "data" / "bounding_box_test"),
+            "--output",
+            str(target),
+        ],
+    )
     assert "--query" in err and "q.jpg" in err

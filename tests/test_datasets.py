@@ -24,11 +24,22 @@ def jpeg(path: Path, value: int = 100) -> None:
 
 
 MARKET_FILES = {
-    "bounding_box_train": ["0002_c1s1_000451_00.jpg", "0002_c3s1_000551_01.jpg", "0007_c2s1_000101_00.jpg",
-                           "0007_c6s2_000201_00.jpg", "0011_c1s1_000301_00.jpg"],
+    "bounding_box_train": [
+        "0002_c1s1_000451_00.jpg",
+        "0002_c3s1_000551_01.jpg",
+        "0007_c2s1_000101_00.jpg",
+        "0007_c6s2_000201_00.jpg",
+        "0011_c1s1_000301_00.jpg",
+    ],
     "query": ["0003_c1s1_000001_00.jpg", "0005_c4s1_000002_00.jpg"],
-    "bounding_box_test": ["0003_c2s1_000011_00.jpg", "0005_c5s1_000012_00.jpg", "0000_c1s1_000013_00.jpg",
-                          "-1_c3s1_000014_00.jpg", "-1_c1s1_000015_00.jpg", "0003_c1s1_000016_00.jpg"],
+    "bounding_box_test": [
+        "0003_c2s1_000011_00.jpg",
+        "0005_c5s1_000012_00.jpg",
+        "0000_c1s1_000013_00.jpg",
+        "-1_c3s1_000014_00.jpg",
+        "-1_c1s1_000015_00.jpg",
+        "0003_c1s1_000016_00.jpg",
+    ],
 }
 
 
@@ -46,8 +57,12 @@ def test_market1501_direct_root(tmp_path):
     assert data.root == tmp_path / "m"
     # Train: identities 2, 7, 11 relabelled 0, 1, 2 in order; cameras 0-based.
     assert [(Path(p).name, pid, cam) for p, pid, cam in data.train] == [
-        ("0002_c1s1_000451_00.jpg", 0, 0), ("0002_c3s1_000551_01.jpg", 0, 2), ("0007_c2s1_000101_00.jpg", 1, 1),
-        ("0007_c6s2_000201_00.jpg", 1, 5), ("0011_c1s1_000301_00.jpg", 2, 0)]
+        ("0002_c1s1_000451_00.jpg", 0, 0),
+        ("0002_c3s1_000551_01.jpg", 0, 2),
+        ("0007_c2s1_000101_00.jpg", 1, 1),
+        ("0007_c6s2_000201_00.jpg", 1, 5),
+        ("0011_c1s1_000301_00.jpg", 2, 0),
+    ]
     assert data.num_train_pids == 3 and data.num_train_cams == 4
     assert [(pid, cam) for _, pid, cam in data.query] == [(3, 0), (5, 3)]  # original ids kept
     gallery_pids = sorted(pid for _, pid, _ in data.gallery)
@@ -63,8 +78,11 @@ def test_market1501_parent_folder(tmp_path, folder):
 
 
 def test_duke_parent_folder_and_names(tmp_path):
-    files = {"bounding_box_train": ["0001_c2_f0046182.jpg", "0001_c8_f0000001.jpg", "0005_c1_f0001234.jpg"],
-             "query": ["0008_c3_f0000010.jpg"], "bounding_box_test": ["0008_c7_f0000020.jpg", "0000_c1_f0000030.jpg"]}
+    files = {
+        "bounding_box_train": ["0001_c2_f0046182.jpg", "0001_c8_f0000001.jpg", "0005_c1_f0001234.jpg"],
+        "query": ["0008_c3_f0000010.jpg"],
+        "bounding_box_test": ["0008_c7_f0000020.jpg", "0000_c1_f0000030.jpg"],
+    }
     market_tree(tmp_path / "DukeMTMC-reID", files)
     data = DukeMTMCreID(tmp_path)
     assert [(pid, cam) for _, pid, cam in data.train] == [(0, 1), (0, 7), (1, 0)]
@@ -75,13 +93,17 @@ def test_duke_parent_folder_and_names(tmp_path):
 def msmt_tree(root: Path, version: str = "MSMT17_V1") -> Path:
     train_dir, test_dir = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}[version]
     lists = {
-        "list_train.txt": [(train_dir, "0000/0000_000_01_0303morning_0015_0.jpg", 0),
-                           (train_dir, "0000/0000_001_05_0303morning_0036_1.jpg", 0),
-                           (train_dir, "0002/0002_000_15_0303noon_0100_0.jpg", 2)],
+        "list_train.txt": [
+            (train_dir, "0000/0000_000_01_0303morning_0015_0.jpg", 0),
+            (train_dir, "0000/0000_001_05_0303morning_0036_1.jpg", 0),
+            (train_dir, "0002/0002_000_15_0303noon_0100_0.jpg", 2),
+        ],
         "list_val.txt": [(train_dir, "0001/0001_000_03_0303afternoon_0200_0.jpg", 1)],
         "list_query.txt": [(test_dir, "0000/0000_000_02_0303morning_0001_0.jpg", 0)],
-        "list_gallery.txt": [(test_dir, "0000/0000_001_07_0303morning_0002_0.jpg", 0),
-                             (test_dir, "0004/0004_000_12_0303noon_0003_0.jpg", 4)],
+        "list_gallery.txt": [
+            (test_dir, "0000/0000_001_07_0303morning_0002_0.jpg", 0),
+            (test_dir, "0004/0004_000_12_0303noon_0003_0.jpg", 4),
+        ],
     }
     for list_name, rows in lists.items():
         for folder, rel, _ in rows:

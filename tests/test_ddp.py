@@ -11,8 +11,9 @@ import torch.multiprocessing as mp
 
 from scstn_vcn.configs import load_config
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
+)
 
 
 def _free_port():
@@ -23,17 +24,27 @@ def _free_port():
 
 def _config(root, output):
     overrides = {
-        "data.root": str(root), "data.name": "synthetic", "data.height": 64, "data.width": 32,
-        "data.num_identities": 2, "data.num_instances": 2, "data.workers": 0, "train.output": str(output),
-        "train.epochs": 1, "train.max_steps_per_epoch": 2, "train.device": "cpu", "optim.warmup_epochs": 1,
+        "data.root": str(root),
+        "data.name": "synthetic",
+        "data.height": 64,
+        "data.width": 32,
+        "data.num_identities": 2,
+        "data.num_instances": 2,
+        "data.workers": 0,
+        "train.output": str(output),
+        "train.epochs": 1,
+        "train.max_steps_per_epoch": 2,
+        "train.device": "cpu",
+        "optim.warmup_epochs": 1,
         "optim.lr": 1e-3,
     }
     return load_config("demo", [(k.split("."), v) for k, v in overrides.items()])
 
 
 def _worker(rank, world_size, port, root, output):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     from scstn_vcn.engine.trainer import Trainer
 
@@ -46,8 +57,9 @@ def _worker(rank, world_size, port, root, output):
         # Parameters only: DDP syncs BN running statistics from rank 0 at the start of each forward,
         # so after the last step each rank's buffers still hold its own batch's update.
         state = {k: v.detach().clone() for k, v in trainer.model.module.named_parameters()}
-        torch.save({"state": state, "labels": first_batch, "steps": rows[-1]["steps"]},
-                   os.path.join(output, f"rank{rank}.pt"))
+        torch.save(
+            {"state": state, "labels": first_batch, "steps": rows[-1]["steps"]}, os.path.join(output, f"rank{rank}.pt")
+        )
     finally:
         trainer.close()
 
@@ -56,8 +68,16 @@ def test_two_process_gloo_training_keeps_ranks_in_sync(tmp_path):
     from scstn_vcn.data import make_synthetic
 
     root = tmp_path / "data"
-    make_synthetic(root, num_identities=16, seed=0, images_per_identity=3, gallery_per_identity=2,
-                   query_per_identity=1, num_distractors=2, num_junk=1)
+    make_synthetic(
+        root,
+        num_identities=16,
+        seed=0,
+        images_per_identity=3,
+        gallery_per_identity=2,
+        query_per_identity=1,
+        num_distractors=2,
+        num_junk=1,
+    )
     output = tmp_path / "run"
     output.mkdir()
     mp.spawn(_worker, args=(2, _free_port(), str(root), str(output)), nprocs=2, join=True)

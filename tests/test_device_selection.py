@@ -38,8 +38,11 @@ def test_trainer_makes_its_cuda_device_current(monkeypatch, set_device_calls):
     monkeypatch.setattr(trainer_module, "resolve_device", lambda name, local_rank=0: torch.device("cuda", 1))
     monkeypatch.setattr(trainer_module, "choose_backend", stop)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled())
+    saved = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     try:
         with pytest.raises(_StopAfterDevice):
             trainer_module.Trainer(load_config("demo"), progress=False, say=lambda *a, **k: None)

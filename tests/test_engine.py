@@ -13,8 +13,18 @@ PAPER = {"lr": 5e-4, "warmup_epochs": 30, "step_size": 80, "step_gamma": 0.1, "w
 
 @pytest.mark.parametrize(
     "epoch, expected",
-    [(0, 5e-4 / 30), (14, 5e-4 * 15 / 30), (29, 5e-4), (30, 5e-4), (109, 5e-4), (110, 5e-5),
-     (189, 5e-5), (190, 5e-6), (270, 5e-7), (299, 5e-7)],
+    [
+        (0, 5e-4 / 30),
+        (14, 5e-4 * 15 / 30),
+        (29, 5e-4),
+        (30, 5e-4),
+        (109, 5e-4),
+        (110, 5e-5),
+        (189, 5e-5),
+        (190, 5e-6),
+        (270, 5e-7),
+        (299, 5e-7),
+    ],
 )
 def test_paper_schedule(epoch, expected):
     assert lr_factor(epoch, 30, 80, 0.1) * 5e-4 == pytest.approx(expected, rel=1e-9)
@@ -107,10 +117,19 @@ def test_triton_on_cpu_is_refused_not_replaced(monkeypatch):
 
 def tiny_config(root, output, **train):
     overrides = [
-        ("data.root", str(root)), ("data.name", "synthetic"), ("data.height", 64), ("data.width", 32),
-        ("data.num_identities", 4), ("data.num_instances", 2), ("data.workers", 0), ("eval.workers", 0),
-        ("train.output", str(output)), ("train.epochs", 2), ("train.max_steps_per_epoch", 2),
-        ("optim.warmup_epochs", 1), ("optim.lr", 1e-3),
+        ("data.root", str(root)),
+        ("data.name", "synthetic"),
+        ("data.height", 64),
+        ("data.width", 32),
+        ("data.num_identities", 4),
+        ("data.num_instances", 2),
+        ("data.workers", 0),
+        ("eval.workers", 0),
+        ("train.output", str(output)),
+        ("train.epochs", 2),
+        ("train.max_steps_per_epoch", 2),
+        ("optim.warmup_epochs", 1),
+        ("optim.lr", 1e-3),
     ] + [(f"train.{k}", v) for k, v in train.items()]
     return load_config("demo", [(key.split("."), value) for key, value in overrides])
 
@@ -120,8 +139,16 @@ def tiny_data(tmp_path_factory):
     from scstn_vcn.data import make_synthetic
 
     root = tmp_path_factory.mktemp("tiny") / "data"
-    make_synthetic(root, num_identities=8, seed=0, images_per_identity=4, gallery_per_identity=3,
-                   query_per_identity=1, num_distractors=2, num_junk=1)
+    make_synthetic(
+        root,
+        num_identities=8,
+        seed=0,
+        images_per_identity=4,
+        gallery_per_identity=3,
+        query_per_identity=1,
+        num_distractors=2,
+        num_junk=1,
+    )
     return root
 
 

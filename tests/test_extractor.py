@@ -19,13 +19,30 @@ def trained(tmp_path_factory):
     from scstn_vcn.engine.trainer import Trainer
 
     base = tmp_path_factory.mktemp("extractor")
-    root = make_synthetic(base / "data", num_identities=8, seed=0, images_per_identity=4, gallery_per_identity=3,
-                          query_per_identity=1, num_distractors=2, num_junk=1)
+    root = make_synthetic(
+        base / "data",
+        num_identities=8,
+        seed=0,
+        images_per_identity=4,
+        gallery_per_identity=3,
+        query_per_identity=1,
+        num_distractors=2,
+        num_junk=1,
+    )
     overrides = [
-        ("data.root", str(root)), ("data.name", "synthetic"), ("data.height", 64), ("data.width", 32),
-        ("data.num_identities", 4), ("data.num_instances", 2), ("data.workers", 0), ("eval.workers", 0),
-        ("eval.batch_size", 8), ("train.output", str(base / "run")), ("train.epochs", 1),
-        ("train.max_steps_per_epoch", 2), ("optim.warmup_epochs", 1),
+        ("data.root", str(root)),
+        ("data.name", "synthetic"),
+        ("data.height", 64),
+        ("data.width", 32),
+        ("data.num_identities", 4),
+        ("data.num_instances", 2),
+        ("data.workers", 0),
+        ("eval.workers", 0),
+        ("eval.batch_size", 8),
+        ("train.output", str(base / "run")),
+        ("train.epochs", 1),
+        ("train.max_steps_per_epoch", 2),
+        ("optim.warmup_epochs", 1),
     ]
     config = load_config("demo", [(key.split("."), value) for key, value in overrides])
     trainer = Trainer(config, progress=False, say=lambda *a: None)
@@ -55,8 +72,7 @@ def test_features_equal_the_evaluators(trained):
         assert torch.equal(q[name], query["feats"][name]), name
         assert torch.equal(g[name], gallery["feats"][name]), name
     # Another batch size gives the same features up to float rounding (BN runs on running statistics).
-    other = scstn_vcn.FeatureExtractor(checkpoint, device="cpu", batch_size=3)(
-        [item[0] for item in dataset.query])
+    other = scstn_vcn.FeatureExtractor(checkpoint, device="cpu", batch_size=3)([item[0] for item in dataset.query])
     for name in ("global", "spatial"):
         torch.testing.assert_close(other[name], q[name], rtol=1e-5, atol=1e-5)
 
@@ -86,10 +102,12 @@ def test_distance_ranks_as_the_evaluation_fuses(trained):
     assert dist.shape == (len(dataset.query), len(dataset.gallery))
     assert torch.equal(dist, cosine_distance(q["global"], g["global"]) + cosine_distance(q["spatial"], g["spatial"]))
     assert torch.equal(fe.distance(q, g, branch="spatial"), cosine_distance(q["spatial"], g["spatial"]))
-    expected = evaluate_features(query["feats"], gallery["feats"], query["pids"], gallery["pids"], query["camids"],
-                                 gallery["camids"])["fusion"]
-    got = evaluate_rank_full(dist.numpy(), query["pids"].numpy(), gallery["pids"].numpy(),
-                             query["camids"].numpy(), gallery["camids"].numpy())
+    expected = evaluate_features(
+        query["feats"], gallery["feats"], query["pids"], gallery["pids"], query["camids"], gallery["camids"]
+    )["fusion"]
+    got = evaluate_rank_full(
+        dist.numpy(), query["pids"].numpy(), gallery["pids"].numpy(), query["camids"].numpy(), gallery["camids"].numpy()
+    )
     assert got["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)
     assert got["cmc"][0] == pytest.approx(expected["rank1"], abs=1e-6)
     with pytest.raises(ValueError, match="branch must be 'fusion' or one of 'global', 'spatial'"):

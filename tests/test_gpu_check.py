@@ -19,17 +19,45 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-OP_FIELDS = {"device", "op", "shape", "dtype", "mode", "backend", "speedup", "gbps", "floor_pct",
-             "kernel_us", "wall_us", "floor_us", "min_bytes", "speedup_vs_compile"}
-STATS_FIELDS = {"min", "max", "mean", "stddev", "rounds", "median", "iqr", "q1", "q3", "ops", "total", "data",
-                "iterations"}
+OP_FIELDS = {
+    "device",
+    "op",
+    "shape",
+    "dtype",
+    "mode",
+    "backend",
+    "speedup",
+    "gbps",
+    "floor_pct",
+    "kernel_us",
+    "wall_us",
+    "floor_us",
+    "min_bytes",
+    "speedup_vs_compile",
+}
+STATS_FIELDS = {
+    "min",
+    "max",
+    "mean",
+    "stddev",
+    "rounds",
+    "median",
+    "iqr",
+    "q1",
+    "q3",
+    "ops",
+    "total",
+    "data",
+    "iterations",
+}
 
 
 def _run_kit(*args, timeout=420):
     # No GPU, whatever the machine: the smoke run is the CPU path, and the no-CUDA check needs none.
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHON=sys.executable)
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=timeout,
-                          cwd=ROOT)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT
+    )
 
 
 def _report_module():
@@ -107,14 +135,23 @@ def test_smoke_json_records_steps_train_step_evaluation_and_goals(smoke):
     check = json.loads(pathlib.Path(files["json"][0]).read_text())["gpu_check"]
     assert check["mode"] == "smoke"
     status = {step["step"]: step["status"] for step in check["steps"]}
-    assert status == {"build": "skipped", "environment": "ok", "tests": "skipped", "sanitizer": "skipped",
-                      "op-benchmarks": "ok", "train-step": "ok", "evaluation": "ok"}
+    assert status == {
+        "build": "skipped",
+        "environment": "ok",
+        "tests": "skipped",
+        "sanitizer": "skipped",
+        "op-benchmarks": "ok",
+        "train-step": "ok",
+        "evaluation": "ok",
+    }
     assert check["environment"]["copy_gbps"] > 0
     assert {r["backend"] for r in check["train"]["results"]} == {"eager", "native"}
     assert check["evaluation"]["seconds"] > 0 and check["evaluation"]["queries"] == 100
     assert check["ops"]["failures"] == [] and check["ops"]["not_run"] == []
-    figures = {(g["item"].split("-")[1] if g["item"].startswith("cpu-") else g["item"].split(" ")[0], g["figure"])
-               for g in check["goals"]}
+    figures = {
+        (g["item"].split("-")[1] if g["item"].startswith("cpu-") else g["item"].split(" ")[0], g["figure"])
+        for g in check["goals"]
+    }
     assert ("affine_hpool", "speedup_vs_compile") in figures and ("affine_hpool", "floor_pct") in figures
     assert ("train", "speedup_vs_eager") in figures and ("evaluation", "seconds") in figures
     assert all(g["met"] in (True, False) for g in check["goals"])
@@ -136,37 +173,63 @@ def test_smoke_markdown_puts_every_figure_beside_its_goal(smoke):
 
 def test_smoke_json_loads_in_pytest_benchmark_compare(smoke):
     _, _, files = smoke
-    done = subprocess.run([sys.executable, "-c", "from pytest_benchmark.cli import main; main()", "compare",
-                           files["json"][0], "--columns=median"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from pytest_benchmark.cli import main; main()",
+            "compare",
+            files["json"][0],
+            "--columns=median",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "gpu_check_ops[cpu-affine_hpool-tiny-float32-fwdbwd-native]" in done.stdout
 
 
 def _entry(op, backend, mode="fwdbwd", **figures):
-    info = {"op": op, "backend": backend, "mode": mode, "speedup_vs_eager": None, "speedup_vs_compile": None,
-            "floor_pct": None}
+    info = {
+        "op": op,
+        "backend": backend,
+        "mode": mode,
+        "speedup_vs_eager": None,
+        "speedup_vs_compile": None,
+        "floor_pct": None,
+    }
     info.update(figures)
     return {"param": f"cuda-{op}-O96-float32-{mode}-{backend}", "extra_info": info}
 
 
 def test_report_goals_pass_fail_and_missing():
     report = _report_module()
-    ops_doc = {"benchmarks": [
-        _entry("affine_hpool", "native", speedup_vs_eager=6.5, speedup_vs_compile=2.1, floor_pct=85.0),
-        _entry("affine_hpool", "triton", speedup_vs_eager=5.9, speedup_vs_compile=2.5, floor_pct=79.0),
-        _entry("affine_hpool", "eager", speedup_vs_eager=1.0),
-        _entry("affine_hpool", "native", mode="fwd", speedup_vs_eager=1.0),
-        _entry("channel_pool", "native", speedup_vs_eager=3.0),
-        _entry("vertical_proj", "triton"),
-    ]}
-    train = {"results": [{"backend": "eager", "speedup_vs_eager": 1.0},
-                         {"backend": "triton", "speedup_vs_eager": 1.04}, {"backend": "native", "speedup_vs_eager": 1.2}]}
+    ops_doc = {
+        "benchmarks": [
+            _entry("affine_hpool", "native", speedup_vs_eager=6.5, speedup_vs_compile=2.1, floor_pct=85.0),
+            _entry("affine_hpool", "triton", speedup_vs_eager=5.9, speedup_vs_compile=2.5, floor_pct=79.0),
+            _entry("affine_hpool", "eager", speedup_vs_eager=1.0),
+            _entry("affine_hpool", "native", mode="fwd", speedup_vs_eager=1.0),
+            _entry("channel_pool", "native", speedup_vs_eager=3.0),
+            _entry("vertical_proj", "triton"),
+        ]
+    }
+    train = {
+        "results": [
+            {"backend": "eager", "speedup_vs_eager": 1.0},
+            {"backend": "triton", "speedup_vs_eager": 1.04},
+            {"backend": "native", "speedup_vs_eager": 1.2},
+        ]
+    }
     evaluation = {"queries": 11659, "gallery": 82161, "seconds": 12.0, "peak_extra_memory_mib": 4000.0}
     goals = report.evaluate_goals(ops_doc, train, evaluation)
     met = {(g["item"], g["figure"]): g["met"] for g in goals}
     native, triton = "cuda-affine_hpool-O96-float32-fwdbwd-native", "cuda-affine_hpool-O96-float32-fwdbwd-triton"
     assert met[(native, "speedup_vs_eager")] and met[(native, "speedup_vs_compile")] and met[(native, "floor_pct")]
-    assert not met[(triton, "speedup_vs_eager")] and met[(triton, "speedup_vs_compile")] and not met[(triton, "floor_pct")]
+    assert (
+        not met[(triton, "speedup_vs_eager")] and met[(triton, "speedup_vs_compile")] and not met[(triton, "floor_pct")]
+    )
     assert met[("cuda-channel_pool-O96-float32-fwdbwd-native", "speedup_vs_eager")]  # 3.0 meets >= 3
     assert met[("cuda-vertical_proj-O96-float32-fwdbwd-triton", "speedup_vs_eager")] is None  # not measured
     assert not met[("train step triton", "speedup_vs_eager")] and met[("train step native", "speedup_vs_eager")]

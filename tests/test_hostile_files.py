@@ -94,8 +94,9 @@ def _cli_error(capsys, argv):
     return err
 
 
-@pytest.mark.parametrize("command", ["eval", "extract", "search", "export", "train --resume",
-                                     "convert-checkpoint --trust"])
+@pytest.mark.parametrize(
+    "command", ["eval", "extract", "search", "export", "train --resume", "convert-checkpoint --trust"]
+)
 def test_cli_refuses_a_pickle_that_runs_code(hostile, command, tmp_path, capsys):
     path, marker = hostile
     image = tmp_path / "images" / "a.jpg"
@@ -103,12 +104,37 @@ def test_cli_refuses_a_pickle_that_runs_code(hostile, command, tmp_path, capsys)
     Image.new("RGB", (32, 64)).save(image)
     argv = {
         "eval": ["eval", "--checkpoint", str(path), "--data-root", str(tmp_path)],
-        "extract": ["extract", "--checkpoint", str(path), "--images", str(image.parent), "--output",
-                    str(tmp_path / "f.npz"), "--device", "cpu"],
-        "search": ["search", "--checkpoint", str(path), "--query", str(image), "--gallery", str(image.parent),
-                   "--device", "cpu"],
-        "export": ["export", "--checkpoint", str(path), "--format", "safetensors", "--output",
-                   str(tmp_path / "m.safetensors")],
+        "extract": [
+            "extract",
+            "--checkpoint",
+            str(path),
+            "--images",
+            str(image.parent),
+            "--output",
+            str(tmp_path / "f.npz"),
+            "--device",
+            "cpu",
+        ],
+        "search": [
+            "search",
+            "--checkpoint",
+            str(path),
+            "--query",
+            str(image),
+            "--gallery",
+            str(image.parent),
+            "--device",
+            "cpu",
+        ],
+        "export": [
+            "export",
+            "--checkpoint",
+            str(path),
+            "--format",
+            "safetensors",
+            "--output",
+            str(tmp_path / "m.safetensors"),
+        ],
         "train --resume": ["train", "--resume", str(path), "--output", str(tmp_path / "run")],
         "convert-checkpoint --trust": ["convert-checkpoint", str(path), str(tmp_path / "new.pth"), "--trust"],
     }[command]
@@ -174,8 +200,17 @@ def _bad_files(good, folder):
     write_bytes("header length too small", (header - 5).to_bytes(8, "little") + raw[8:], "not a readable safetensors")
     write_bytes("header length beyond the file", (2**40).to_bytes(8, "little") + raw[8:], "not a readable safetensors")
     write_bytes("empty", b"", "not a readable safetensors file")
-    write("no metadata", "no scstn-vcn metadata", format=None, format_version=None, config=None, identity=None,
-          classifiers=None, epoch=None, scstn_vcn=None)
+    write(
+        "no metadata",
+        "no scstn-vcn metadata",
+        format=None,
+        format_version=None,
+        config=None,
+        identity=None,
+        classifiers=None,
+        epoch=None,
+        scstn_vcn=None,
+    )
     write("foreign format", "format 'pt', expected 'scstn-vcn-model'", format="pt")
     write("future version", "format version '2', this scstn-vcn reads version 1", format_version="2")
     write("config not JSON", "'config' metadata is not valid JSON", config="{model: O")
@@ -183,33 +218,65 @@ def _bad_files(good, folder):
     write("no identity", "no 'identity' entry", identity=None)
     bad_config = json.loads(metadata["config"])
     bad_config["model"]["variant"] = "X"
-    write("invalid config", "saved configuration is not valid (model.variant must be 'O' or 'M'",
-          config=json.dumps(bad_config))
+    write(
+        "invalid config",
+        "saved configuration is not valid (model.variant must be 'O' or 'M'",
+        config=json.dumps(bad_config),
+    )
     identity = json.loads(metadata["identity"])
-    write("identity of another model", "is of another configuration (variant: model file has 'M'",
-          identity=json.dumps({**identity, "variant": "M"}))
-    write("identity without classes", "no positive integer num_classes",
-          identity=json.dumps({**identity, "num_classes": 0}))
+    write(
+        "identity of another model",
+        "is of another configuration (variant: model file has 'M'",
+        identity=json.dumps({**identity, "variant": "M"}),
+    )
+    write(
+        "identity without classes",
+        "no positive integer num_classes",
+        identity=json.dumps({**identity, "num_classes": 0}),
+    )
     write("bad classifiers flag", "'classifiers' metadata is 'maybe'", classifiers="maybe")
     write("classifiers claimed", "missing", classifiers="true")  # the file says so, but holds none
-    write("weights of another configuration", "do not fit the model being built (shape",
-          tensors=_other_configuration_weights(good))
-    write("float64 weights", "dtype (file vs model)",
-          tensors={k: v.double() if v.is_floating_point() else v for k, v in tensors.items()})
+    write(
+        "weights of another configuration",
+        "do not fit the model being built (shape",
+        tensors=_other_configuration_weights(good),
+    )
+    write(
+        "float64 weights",
+        "dtype (file vs model)",
+        tensors={k: v.double() if v.is_floating_point() else v for k, v in tensors.items()},
+    )
     first = next(k for k, v in tensors.items() if v.dim() == 2)
-    write("one wrong shape", f"shape (file vs model) {first}",
-          tensors={**tensors, first: tensors[first].reshape(-1)})
+    write("one wrong shape", f"shape (file vs model) {first}", tensors={**tensors, first: tensors[first].reshape(-1)})
     write("a missing tensor", "missing", tensors={k: v for k, v in tensors.items() if k != first})
     write("an extra tensor", "unexpected extra.weight", tensors={**tensors, "extra.weight": torch.zeros(3)})
     return files
 
 
-BAD_NAMES = ("truncated", "header cut short", "header length too large", "header length too small",
-             "header length beyond the file", "empty", "no metadata", "foreign format", "future version",
-             "config not JSON", "config a list", "no identity", "invalid config", "identity of another model",
-             "identity without classes", "bad classifiers flag", "classifiers claimed",
-             "weights of another configuration", "float64 weights", "one wrong shape", "a missing tensor",
-             "an extra tensor")
+BAD_NAMES = (
+    "truncated",
+    "header cut short",
+    "header length too large",
+    "header length too small",
+    "header length beyond the file",
+    "empty",
+    "no metadata",
+    "foreign format",
+    "future version",
+    "config not JSON",
+    "config a list",
+    "no identity",
+    "invalid config",
+    "identity of another model",
+    "identity without classes",
+    "bad classifiers flag",
+    "classifiers claimed",
+    "weights of another configuration",
+    "float64 weights",
+    "one wrong shape",
+    "a missing tensor",
+    "an extra tensor",
+)
 
 
 @pytest.fixture(scope="module")
@@ -251,9 +318,22 @@ def test_cli_names_a_bad_model_file_in_one_line(bad_files, tmp_path, capsys):
     path, _ = bad_files["truncated"]
     image = tmp_path / "a.jpg"
     Image.new("RGB", (32, 64)).save(image)
-    err = _cli_error(capsys, ["extract", "--checkpoint", str(path), "--images", str(tmp_path), "--output",
-                              str(tmp_path / "f.npz"), "--device", "cpu"])
+    err = _cli_error(
+        capsys,
+        [
+            "extract",
+            "--checkpoint",
+            str(path),
+            "--images",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "f.npz"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert f"model file {path}: not a readable safetensors file" in err and len(err.strip().splitlines()) == 1
-    err = _cli_error(capsys, ["eval", "--checkpoint", str(bad_files["float64 weights"][0]), "--data-root",
-                              str(tmp_path)])
+    err = _cli_error(
+        capsys, ["eval", "--checkpoint", str(bad_files["float64 weights"][0]), "--data-root", str(tmp_path)]
+    )
     assert "dtype (file vs model)" in err and not (tmp_path / "f.npz").exists()

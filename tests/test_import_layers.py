@@ -33,7 +33,10 @@ LAYER_OF = {unit: index for index, units in enumerate(LAYERS) for unit in units}
 def _source_modules():
     """{module name: file path} for the package and its kernels (kernels/ installs as scstn_vcn.kernels)."""
     found = {}
-    for top, package in ((os.path.join(ROOT, "scstn_vcn"), "scstn_vcn"), (os.path.join(ROOT, "kernels"), "scstn_vcn.kernels")):
+    for top, package in (
+        (os.path.join(ROOT, "scstn_vcn"), "scstn_vcn"),
+        (os.path.join(ROOT, "kernels"), "scstn_vcn.kernels"),
+    ):
         for folder, subfolders, files in os.walk(top):
             subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
             rel = os.path.relpath(folder, top)
@@ -148,8 +151,21 @@ def test_no_import_cycles():
     )
 
 
-@pytest.mark.parametrize("name", ["train", "eval", "demo", "visualize", "export", "extract", "search",
-                                  "make-synthetic", "study", "convert-checkpoint"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "train",
+        "eval",
+        "demo",
+        "visualize",
+        "export",
+        "extract",
+        "search",
+        "make-synthetic",
+        "study",
+        "convert-checkpoint",
+    ],
+)
 def test_each_sub_command_is_one_module(name):
     """`scstn-vcn NAME` is scstn_vcn/commands/NAME.py (dashes as underscores), which the parser uses."""
     import importlib

@@ -62,6 +62,7 @@ def test_rll_hand_computed_uniform_weights():
 def test_rll_hand_computed_weighted_negatives():
     # Angles 0, 10, 30, 50, 120 degrees, labels (0, 0, 1, 2, 3), alpha 1.2, m 0.4, T = 10.
     angles, labels = (0, 10, 30, 50, 120), [0, 0, 1, 2, 3]
+
     # Positives 0-1 at 2 sin 5 = 0.174 < 0.8: trivial, L_P = 0 for every anchor.
     # Active negatives (d < 1.2, i.e. angle gap < 73.7 degrees), per anchor:
     def l_n(anchor, negatives):
@@ -70,11 +71,11 @@ def test_rll_hand_computed_weighted_negatives():
         return sum(wi * (1.2 - x) for wi, x in zip(w, d)) / sum(w)
 
     per_anchor = [
-        l_n(0, [2, 3]),      # 30, 50 degrees away (120 is too far)
-        l_n(1, [2, 3]),      # 20, 40
-        l_n(2, [0, 1, 3]),   # 30, 20, 20 (120 is 90 away)
+        l_n(0, [2, 3]),  # 30, 50 degrees away (120 is too far)
+        l_n(1, [2, 3]),  # 20, 40
+        l_n(2, [0, 1, 3]),  # 30, 20, 20 (120 is 90 away)
         l_n(3, [0, 1, 2, 4]),  # 50, 40, 20, 70
-        l_n(4, [3]),         # 70 (others 90 or more away)
+        l_n(4, [3]),  # 70 (others 90 or more away)
     ]
     expected = sum(per_anchor) / 5
     loss = RankedListLoss(margin=0.4, alpha=1.2, tval=10)(_unit(*angles), torch.tensor(labels))
@@ -113,7 +114,9 @@ def test_rll_keeps_float64_and_upcasts_half_precision():
     loss.backward()
     assert x64.grad.dtype == torch.float64
     # Finite differences at float64 precision agree only if the loss is computed in float64 throughout.
-    assert torch.autograd.gradcheck(lambda x: RankedListLoss(detach_weights=False)(x, labels), (x64.detach().requires_grad_(),))
+    assert torch.autograd.gradcheck(
+        lambda x: RankedListLoss(detach_weights=False)(x, labels), (x64.detach().requires_grad_(),)
+    )
     for low in (torch.float16, torch.bfloat16):
         xl = x64.detach().to(low)
         value = RankedListLoss()(xl, labels)
@@ -132,8 +135,10 @@ def test_rll_zero_when_every_constraint_holds():
 
 def _train_outputs(seed=0, branches=("global", "spatial")):
     torch.manual_seed(seed)
-    return {b: {"features": torch.randn(6, 8, requires_grad=True), "logits": torch.randn(6, 4, requires_grad=True)}
-            for b in branches}
+    return {
+        b: {"features": torch.randn(6, 8, requires_grad=True), "logits": torch.randn(6, 4, requires_grad=True)}
+        for b in branches
+    }
 
 
 def test_reid_loss_is_eq8():

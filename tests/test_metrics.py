@@ -65,8 +65,12 @@ def test_minp_single_query():
 
 def test_evaluate_rank_accepts_tensors():
     cmc, mAP = evaluate_rank(
-        torch.from_numpy(DISTMAT).float(), torch.from_numpy(Q_PIDS), torch.from_numpy(G_PIDS),
-        torch.from_numpy(Q_CAMS), torch.from_numpy(G_CAMS), max_rank=10,
+        torch.from_numpy(DISTMAT).float(),
+        torch.from_numpy(Q_PIDS),
+        torch.from_numpy(G_PIDS),
+        torch.from_numpy(Q_CAMS),
+        torch.from_numpy(G_CAMS),
+        max_rank=10,
     )
     np.testing.assert_allclose(cmc, EXPECTED_CMC10, rtol=1e-6)
     assert mAP == pytest.approx(EXPECTED_MAP)
@@ -77,7 +81,7 @@ def test_streaming_evaluator_hand_computed(chunk):
     ev = StreamingRankEvaluator(G_PIDS, G_CAMS, max_rank=10)
     dist = torch.from_numpy(DISTMAT)
     for s in range(0, 4, chunk):
-        ev.update(dist[s:s + chunk], Q_PIDS[s:s + chunk], Q_CAMS[s:s + chunk])
+        ev.update(dist[s : s + chunk], Q_PIDS[s : s + chunk], Q_CAMS[s : s + chunk])
     result = ev.compute()
     np.testing.assert_allclose(result["cmc"], EXPECTED_CMC10)
     assert result["mAP"] == pytest.approx(EXPECTED_MAP)
@@ -101,7 +105,7 @@ def test_streaming_equals_full_with_many_ties(chunk):
     full = evaluate_rank_full(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=50)
     ev = StreamingRankEvaluator(g_pids, g_cams, max_rank=50)
     for s in range(0, 70, chunk):
-        ev.update(torch.from_numpy(distmat[s:s + chunk]), q_pids[s:s + chunk], q_cams[s:s + chunk])
+        ev.update(torch.from_numpy(distmat[s : s + chunk]), q_pids[s : s + chunk], q_cams[s : s + chunk])
     got = ev.compute()
     assert got["num_valid_queries"] == full["num_valid_queries"]
     np.testing.assert_allclose(got["cmc"], full["cmc"], rtol=0, atol=1e-12)
@@ -176,8 +180,13 @@ def test_no_valid_query_raises():
     ],
 )
 def test_evaluate_rank_length_errors_name_argument(kwargs, name):
-    args = {"distmat": np.zeros((3, 5)), "q_pids": [1, 2, 3], "g_pids": [1, 2, 3, 1, 2],
-            "q_camids": [0, 0, 0], "g_camids": [1, 1, 1, 1, 1]}
+    args = {
+        "distmat": np.zeros((3, 5)),
+        "q_pids": [1, 2, 3],
+        "g_pids": [1, 2, 3, 1, 2],
+        "q_camids": [0, 0, 0],
+        "g_camids": [1, 1, 1, 1, 1],
+    }
     args.update(kwargs)
     with pytest.raises(ValueError, match=name):
         evaluate_rank(**args)

@@ -28,11 +28,26 @@ def run(tmp_path_factory):
     from scstn_vcn.engine.seed import get_rng_state
 
     base = tmp_path_factory.mktemp("model_file")
-    root = make_synthetic(base / "data", num_identities=6, seed=0, images_per_identity=3, gallery_per_identity=2,
-                          query_per_identity=1, num_distractors=1, num_junk=1)
-    overrides = [("data.root", str(root)), ("data.height", 64), ("data.width", 32), ("data.workers", 0),
-                 ("eval.workers", 0), ("eval.batch_size", 16), ("train.device", "cpu"),
-                 ("train.output", str(base / "run"))]
+    root = make_synthetic(
+        base / "data",
+        num_identities=6,
+        seed=0,
+        images_per_identity=3,
+        gallery_per_identity=2,
+        query_per_identity=1,
+        num_distractors=1,
+        num_junk=1,
+    )
+    overrides = [
+        ("data.root", str(root)),
+        ("data.height", 64),
+        ("data.width", 32),
+        ("data.workers", 0),
+        ("eval.workers", 0),
+        ("eval.batch_size", 16),
+        ("train.device", "cpu"),
+        ("train.output", str(base / "run")),
+    ]
     config = load_config("demo", [(key.split("."), value) for key, value in overrides])
     dataset = build_dataset("synthetic", str(root))
     torch.manual_seed(0)
@@ -47,15 +62,30 @@ def run(tmp_path_factory):
         param.grad = torch.randn_like(param)
     optimizer.step()
     checkpoint = base / "run" / "checkpoint.pth"
-    ckpt.save_checkpoint(checkpoint, model=model, optimizer=optimizer,
-                         scheduler=build_scheduler(optimizer, config["optim"]), epoch=3, config=config,
-                         identity=model_identity(config, dataset.num_train_pids), rng_state=[get_rng_state()])
+    ckpt.save_checkpoint(
+        checkpoint,
+        model=model,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, config["optim"]),
+        epoch=3,
+        config=config,
+        identity=model_identity(config, dataset.num_train_pids),
+        rng_state=[get_rng_state()],
+    )
     exported = base / "model.safetensors"
-    code, _, err = _quiet(["export", "--checkpoint", str(checkpoint), "--format", "safetensors", "--output",
-                           str(exported)])
+    code, _, err = _quiet(
+        ["export", "--checkpoint", str(checkpoint), "--format", "safetensors", "--output", str(exported)]
+    )
     assert code == 0, err
-    return {"base": base, "root": root, "config": config, "dataset": dataset, "checkpoint": checkpoint,
-            "model_file": exported, "model": model.eval()}
+    return {
+        "base": base,
+        "root": root,
+        "config": config,
+        "dataset": dataset,
+        "checkpoint": checkpoint,
+        "model_file": exported,
+        "model": model.eval(),
+    }
 
 
 def _quiet(argv):
@@ -88,8 +118,21 @@ def test_model_file_holds_the_inference_weights_and_the_configuration(run):
 
 def test_with_classifiers_and_re_export(run, tmp_path):
     full = tmp_path / "full.safetensors"
-    assert _quiet(["export", "--checkpoint", str(run["checkpoint"]), "--format", "safetensors", "--output", str(full),
-                   "--with-classifiers"])[0] == 0
+    assert (
+        _quiet(
+            [
+                "export",
+                "--checkpoint",
+                str(run["checkpoint"]),
+                "--format",
+                "safetensors",
+                "--output",
+                str(full),
+                "--with-classifiers",
+            ]
+        )[0]
+        == 0
+    )
     with safe_open(str(full), framework="pt") as handle:
         assert set(handle.keys()) == set(run["model"].state_dict()) and handle.metadata()["classifiers"] == "true"
     source = model_file.open_model_source(full)
@@ -97,15 +140,37 @@ def test_with_classifiers_and_re_export(run, tmp_path):
     assert model_file.classifier_keys(model_file.build_inference_model(source))
     # A model file exports again (to another format, or to safetensors) but has no classifiers to add.
     again = tmp_path / "again.safetensors"
-    assert _quiet(["export", "--checkpoint", str(run["model_file"]), "--format", "safetensors",
-                   "--output", str(again)])[0] == 0
+    assert (
+        _quiet(["export", "--checkpoint", str(run["model_file"]), "--format", "safetensors", "--output", str(again)])[0]
+        == 0
+    )
     with safe_open(str(again), framework="pt") as a, safe_open(str(run["model_file"]), framework="pt") as b:
         assert set(a.keys()) == set(b.keys()) and all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
-    code, _, err = _quiet(["export", "--checkpoint", str(run["model_file"]), "--format", "safetensors",
-                           "--output", str(tmp_path / "x.safetensors"), "--with-classifiers"])
+    code, _, err = _quiet(
+        [
+            "export",
+            "--checkpoint",
+            str(run["model_file"]),
+            "--format",
+            "safetensors",
+            "--output",
+            str(tmp_path / "x.safetensors"),
+            "--with-classifiers",
+        ]
+    )
     assert code == 2 and "no ID classifiers" in err
-    code, _, err = _quiet(["export", "--checkpoint", str(run["checkpoint"]), "--format", "npz",
-                           "--output", str(tmp_path / "x.npz"), "--with-classifiers"])
+    code, _, err = _quiet(
+        [
+            "export",
+            "--checkpoint",
+            str(run["checkpoint"]),
+            "--format",
+            "npz",
+            "--output",
+            str(tmp_path / "x.npz"),
+            "--with-classifiers",
+        ]
+    )
     assert code == 2 and "--with-classifiers only applies to --format safetensors" in err
 
 
@@ -150,20 +215,57 @@ def test_commands_give_identical_results_from_both(run, tmp_path, capsys):
         assert code == 0, err
         assert f"from {label} {source}" in eval_out
         assert _quiet(["export", "--checkpoint", source, "--format", "npz", "--output", str(folder / "f.npz")])[0] == 0
-        assert _quiet(["extract", "--checkpoint", source, "--images", os.path.join(root, "query"), "--output",
-                       str(folder / "x.npz"), "--no-progress", "--device", "cpu"])[0] == 0
+        assert (
+            _quiet(
+                [
+                    "extract",
+                    "--checkpoint",
+                    source,
+                    "--images",
+                    os.path.join(root, "query"),
+                    "--output",
+                    str(folder / "x.npz"),
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                ]
+            )[0]
+            == 0
+        )
         query = run["dataset"].query[0][0]
-        code, search_out, err = _quiet(["search", "--checkpoint", source, "--query", query, "--gallery",
-                                        os.path.join(root, "bounding_box_test"), "--topk", "5", "--no-progress",
-                                        "--device", "cpu", "--output", str(folder / "ranked.png")])
+        code, search_out, err = _quiet(
+            [
+                "search",
+                "--checkpoint",
+                source,
+                "--query",
+                query,
+                "--gallery",
+                os.path.join(root, "bounding_box_test"),
+                "--topk",
+                "5",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--output",
+                str(folder / "ranked.png"),
+            ]
+        )
         assert code == 0, err
-        assert _quiet(["visualize", "--checkpoint", source, "--what", "ranked,alignment", "--output",
-                       str(folder / "figures")])[0] == 0
+        assert (
+            _quiet(
+                ["visualize", "--checkpoint", source, "--what", "ranked,alignment", "--output", str(folder / "figures")]
+            )[0]
+            == 0
+        )
         results = json.loads((folder / "results.json").read_text())
-        outputs[label] = {"results": results["results"], "features": _npz(folder / "f.npz"),
-                          "extract": _npz(folder / "x.npz"),
-                          "search": [line for line in search_out.splitlines() if line.startswith(" ")],
-                          "figures": sorted(os.listdir(folder / "figures"))}
+        outputs[label] = {
+            "results": results["results"],
+            "features": _npz(folder / "f.npz"),
+            "extract": _npz(folder / "x.npz"),
+            "search": [line for line in search_out.splitlines() if line.startswith(" ")],
+            "figures": sorted(os.listdir(folder / "figures")),
+        }
     a, b = outputs["checkpoint"], outputs["model file"]
     assert a["results"] == b["results"]
     assert a["search"] == b["search"] and len(a["search"]) == 5

@@ -111,8 +111,22 @@ def test_wrong_input_size_and_bad_arguments():
 
 # --- Table 3 -----------------------------------------------------------------------------------------
 
-EXPECTED_ROWS = {"baseline", "spatial_only", "vcn_no_stn", "plain_stn", "stn_no_rotation", "scstn_eps1",
-                 "scstn_eps_fixed", "gp_head", "fc_head", "vcn_no_hpool", "vcn_shared", "mgn_stripes", "no_rll", "full"}
+EXPECTED_ROWS = {
+    "baseline",
+    "spatial_only",
+    "vcn_no_stn",
+    "plain_stn",
+    "stn_no_rotation",
+    "scstn_eps1",
+    "scstn_eps_fixed",
+    "gp_head",
+    "fc_head",
+    "vcn_no_hpool",
+    "vcn_shared",
+    "mgn_stripes",
+    "no_rll",
+    "full",
+}
 SPATIAL_DIMS = {"gp_head": 128, "mgn_stripes": 5 * 128}
 
 
@@ -163,7 +177,11 @@ def test_pretrained_errors_name_the_file(tmp_path):
     state["head.extra"] = torch.zeros(1)
     bad = tmp_path / "bad.pth"
     torch.save(state, bad)
-    with pytest.raises(ValueError, match=r"bad\.pth.*missing keys: layer4\.0\.conv2\.weight.*unexpected keys: head\.extra.*layer1\.0\.conv1\.weight"):
+    with pytest.raises(
+        ValueError,
+        match=r"bad\.pth.*missing keys: layer4\.0\.conv2\.weight.*"
+        r"unexpected keys: head\.extra.*layer1\.0\.conv1\.weight",
+    ):
         build_model(5, backbone="tiny", pretrained=bad)
     junk = tmp_path / "junk.pth"
     junk.write_text("not a checkpoint")

@@ -115,7 +115,9 @@ def test_shared_object_has_sm80_and_sm90_code():
     want_cubins, want_ptx = expected_targets()
     if "TORCH_CUDA_ARCH_LIST" not in os.environ:
         assert {80, 90} <= want_cubins
-    assert want_cubins <= cubins, f"device code for sm {sorted(want_cubins - cubins)} missing; found cubins {sorted(cubins)}"
+    assert want_cubins <= cubins, (
+        f"device code for sm {sorted(want_cubins - cubins)} missing; found cubins {sorted(cubins)}"
+    )
     assert want_ptx <= ptx, f"PTX for compute {sorted(want_ptx - ptx)} missing; found PTX {sorted(ptx)}"
 
 

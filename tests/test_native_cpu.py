@@ -139,7 +139,9 @@ def test_ties_send_the_max_gradient_to_the_first_element():
     x[0, 0, 0, 1] = x[0, 0, 1, 2] = 2.0  # two equal maxima; the first in row-major order is (0, 1)
     _, _, argmax = native().channel_pool(x)
     assert argmax.item() == 1
-    grad = native().channel_pool_backward(torch.zeros(1, 2, 3, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64), argmax, x)
+    grad = native().channel_pool_backward(
+        torch.zeros(1, 2, 3, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64), argmax, x
+    )
     assert grad[0, 0, 0, 1].item() == pytest.approx(1 + 1 / 6) and grad[0, 0, 1, 2].item() == pytest.approx(1 / 6)
 
     # H * W = 40: the vectorised scan, with equal maxima in different lanes and in the scalar tail
@@ -184,8 +186,14 @@ def _cases():
 
 @pytest.mark.parametrize(
     "name",
-    ["channel_pool", "affine_hpool-norot", "affine_hpool-rotation", "affine_hpool_separable",
-     "affine_hpool_separable-bf16", "vertical_proj"],
+    [
+        "channel_pool",
+        "affine_hpool-norot",
+        "affine_hpool-rotation",
+        "affine_hpool_separable",
+        "affine_hpool_separable-bf16",
+        "vertical_proj",
+    ],
 )
 def test_backward_is_bitwise_deterministic_across_runs_and_thread_counts(name):
     fn, inputs = next((f, i) for n, f, i in _cases() if n == name)
@@ -426,4 +434,6 @@ def test_direct_calls_with_bad_inputs_name_the_argument():
     assert "F must be 3-D" in _error(lambda: N.vertical_proj(F[0], delta))
     assert "delta must have shape (C, K, H)" in _error(lambda: N.vertical_proj(F, delta[:, :, :3]))
     assert "delta must be Float" in _error(lambda: N.vertical_proj(F, delta.double()))
-    assert "grad_f must be float16" in _error(lambda: N.vertical_proj_backward(torch.ones(2, 3, 6, dtype=torch.int64), F, delta))
+    assert "grad_f must be float16" in _error(
+        lambda: N.vertical_proj_backward(torch.ones(2, 3, 6, dtype=torch.int64), F, delta)
+    )

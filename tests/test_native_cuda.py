@@ -29,7 +29,10 @@ def _native_cuda_reason():
 
 
 _REASON = _native_cuda_reason()
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_REASON is not None, reason=f"native CUDA ops unavailable: {_REASON}")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(_REASON is not None, reason=f"native CUDA ops unavailable: {_REASON}"),
+]
 
 NATIVE = torch.ops.scstn_vcn if _REASON is None else None
 SHAPES = {"O": (4, 2048, 24, 8), "M": (4, 2048, 48, 16)}
@@ -102,7 +105,9 @@ def first_argmax(values):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", list(SHAPES.values()) + list(EXTRA_SHAPES.values()), ids=list(SHAPES) + list(EXTRA_SHAPES))
+@pytest.mark.parametrize(
+    "shape", list(SHAPES.values()) + list(EXTRA_SHAPES.values()), ids=list(SHAPES) + list(EXTRA_SHAPES)
+)
 def test_channel_pool(shape, dtype):
     x = make_x(shape, dtype, seed=1)
     B, C, H, W = shape
@@ -243,7 +248,8 @@ def test_affine_hpool_backward_stages_only_initialised_memory(tmp_path):
     import sys
 
     tool = shutil.which("compute-sanitizer") or (
-        os.path.join(os.environ["CUDA_HOME"], "bin", "compute-sanitizer") if os.environ.get("CUDA_HOME") else None)
+        os.path.join(os.environ["CUDA_HOME"], "bin", "compute-sanitizer") if os.environ.get("CUDA_HOME") else None
+    )
     if tool is None or not os.path.exists(tool):
         pytest.skip("compute-sanitizer not found (CUDA toolkit)")
     script = tmp_path / "initcheck_affine.py"
@@ -256,8 +262,12 @@ def test_affine_hpool_backward_stages_only_initialised_memory(tmp_path):
         "torch.ops.scstn_vcn.affine_hpool_backward(torch.randn_like(out), x, theta, argmax)\n"
         "torch.cuda.synchronize()\n"
     )
-    done = subprocess.run([tool, "--tool", "initcheck", "--error-exitcode", "3", sys.executable, str(script)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [tool, "--tool", "initcheck", "--error-exitcode", "3", sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
@@ -289,7 +299,9 @@ def test_affine_hpool_channels_last():
     out_cl, argmax_cl = NATIVE.affine_hpool(cl, theta)
     assert torch.equal(out, out_cl) and torch.equal(argmax, argmax_cl)
     g = torch.randn_like(out)
-    for a, b in zip(NATIVE.affine_hpool_backward(g, x, theta, argmax), NATIVE.affine_hpool_backward(g, cl, theta, argmax)):
+    for a, b in zip(
+        NATIVE.affine_hpool_backward(g, x, theta, argmax), NATIVE.affine_hpool_backward(g, cl, theta, argmax)
+    ):
         assert torch.equal(a, b)
 
 
@@ -316,8 +328,9 @@ def test_affine_hpool_autograd_matches_direct_op():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", [(8, 2048, 24, 6), (8, 2048, 48, 6), (3, 5, 40, 11), (50, 5, 40, 11)],
-                         ids=["O", "M", "odd", "split"])  # split: ddelta over 3 uneven splits of the batch
+@pytest.mark.parametrize(
+    "shape", [(8, 2048, 24, 6), (8, 2048, 48, 6), (3, 5, 40, 11), (50, 5, 40, 11)], ids=["O", "M", "odd", "split"]
+)  # split: ddelta over 3 uneven splits of the batch
 def test_vertical_proj(shape, dtype):
     B, C, H, K = shape
     gen = torch.Generator().manual_seed(21)
@@ -466,8 +479,10 @@ def test_separable_layouts_give_bitwise_equal_results():
         out_l, argmax_l = NATIVE.affine_hpool_separable(layout, theta)
         assert torch.equal(out, out_l) and torch.equal(argmax, argmax_l)
         g = torch.randn_like(out)
-        for got, want in zip(NATIVE.affine_hpool_separable_backward(g, layout, theta, argmax),
-                             NATIVE.affine_hpool_separable_backward(g, dense, theta, argmax)):
+        for got, want in zip(
+            NATIVE.affine_hpool_separable_backward(g, layout, theta, argmax),
+            NATIVE.affine_hpool_separable_backward(g, dense, theta, argmax),
+        ):
             assert torch.equal(got, want)
 
 
@@ -488,8 +503,9 @@ def test_separable_matches_the_general_kernel_on_rotation_free_theta():
 
 
 def test_separable_autograd_matches_direct_op():
-    dtheta = autograd_matches_direct_op(True, NATIVE.affine_hpool_separable, NATIVE.affine_hpool_separable_backward,
-                                        seeds=(62, 63))
+    dtheta = autograd_matches_direct_op(
+        True, NATIVE.affine_hpool_separable, NATIVE.affine_hpool_separable_backward, seeds=(62, 63)
+    )
     assert dtheta[:, 0, 1].abs().sum().item() == 0 and dtheta[:, 1, 0].abs().sum().item() == 0
 
 
@@ -513,7 +529,8 @@ def test_separable_sanitizer_initcheck_and_racecheck(tmp_path):
     import sys
 
     tool = shutil.which("compute-sanitizer") or (
-        os.path.join(os.environ["CUDA_HOME"], "bin", "compute-sanitizer") if os.environ.get("CUDA_HOME") else None)
+        os.path.join(os.environ["CUDA_HOME"], "bin", "compute-sanitizer") if os.environ.get("CUDA_HOME") else None
+    )
     if tool is None or not os.path.exists(tool):
         pytest.skip("compute-sanitizer not found (CUDA toolkit)")
     script = tmp_path / "sanitize_separable.py"
@@ -521,9 +538,11 @@ def test_separable_sanitizer_initcheck_and_racecheck(tmp_path):
         "import torch\n"
         "import scstn_vcn._C  # noqa: F401  (registers the native ops)\n"
         "ops = torch.ops.scstn_vcn\n"
-        "theta = torch.tensor([[[1.7, 0.1, 0.9], [0.0, 1.9, -0.9]], [[0.8, 0.0, 0.1], [0.0, 1.1, 0.2]]], device='cuda')\n"
+        "theta = torch.tensor([[[1.7, 0.1, 0.9], [0.0, 1.9, -0.9]], [[0.8, 0.0, 0.1], [0.0, 1.1, 0.2]]],\n"
+        "                     device='cuda')\n"
         "for shape in [(2, 70, 24, 8), (2, 3, 130, 132)]:\n"
-        "    for x in (torch.randn(shape, device='cuda'), torch.randn(shape, device='cuda').to(memory_format=torch.channels_last)):\n"
+        "    dense = torch.randn(shape, device='cuda')\n"
+        "    for x in (dense, dense.to(memory_format=torch.channels_last)):\n"
         "        for t in (theta, theta.double()):\n"
         "            xx = x.double() if t.dtype == torch.float64 else x\n"
         "            out, argmax = ops.affine_hpool_separable(xx, t)\n"
@@ -531,6 +550,10 @@ def test_separable_sanitizer_initcheck_and_racecheck(tmp_path):
         "torch.cuda.synchronize()\n"
     )
     for check in ("initcheck", "racecheck"):
-        done = subprocess.run([tool, "--tool", check, "--error-exitcode", "3", sys.executable, str(script)],
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [tool, "--tool", check, "--error-exitcode", "3", sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, check + ": " + done.stdout[-3000:] + done.stderr[-3000:]

@@ -22,14 +22,17 @@ def test_eager_gradcheck_fp64():
 @pytest.mark.parametrize("backend", ["eager"] + FUSED)
 def test_torch_compile_fullgraph(backend):
     x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
-    theta = torch.tensor([[[0.9, 0.0, 0.1], [0.0, 1.1, -0.2]], [[1.2, 0.3, 0.0], [-0.2, 0.8, 0.4]]], dtype=torch.float64)
+    theta = torch.tensor(
+        [[[0.9, 0.0, 0.1], [0.0, 1.1, -0.2]], [[1.2, 0.3, 0.0], [-0.2, 0.8, 0.4]]], dtype=torch.float64
+    )
     compiled_matches_eager(lambda a, b: ops.affine_hpool(a, b, backend=backend), [x, theta])
 
 
 @pytest.mark.parametrize("backend", ops.available_backends("cpu"))
 def test_all_samples_outside_give_zero(backend):
-    all_samples_outside_give_zero(lambda a, t: ops.affine_hpool(a, t, backend=backend),
-                                  [[1.0, 0.0, 5.0], [0.0, 1.0, 0.0]])
+    all_samples_outside_give_zero(
+        lambda a, t: ops.affine_hpool(a, t, backend=backend), [[1.0, 0.0, 5.0], [0.0, 1.0, 0.0]]
+    )
 
 
 def test_bad_inputs_name_the_argument():
@@ -37,7 +40,9 @@ def test_bad_inputs_name_the_argument():
     theta = torch.zeros(2, 2, 3)
     with pytest.raises(ValueError, match=r"theta must be 3-D \(B, 2, 3\)"):
         ops.affine_hpool(x, torch.zeros(2, 6))
-    with pytest.raises(ValueError, match=r"theta must have shape \(B, 2, 3\) = \(2, 2, 3\) to match x, got shape \(3, 2, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"theta must have shape \(B, 2, 3\) = \(2, 2, 3\) to match x, got shape \(3, 2, 3\)"
+    ):
         ops.affine_hpool(x, torch.zeros(3, 2, 3))
     with pytest.raises(ValueError, match=r"theta must have shape .* got shape \(2, 3, 3\)"):
         ops.affine_hpool(x, torch.zeros(2, 3, 3))

@@ -97,8 +97,9 @@ def test_torch_compile_fullgraph(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_all_samples_outside_give_zero(backend):
-    all_samples_outside_give_zero(lambda a, t: ops.affine_hpool(a, t, rotation_free=True, backend=backend),
-                                  [[1.0, 0.4, 5.0], [0.2, 1.0, 0.0]])
+    all_samples_outside_give_zero(
+        lambda a, t: ops.affine_hpool(a, t, rotation_free=True, backend=backend), [[1.0, 0.4, 5.0], [0.2, 1.0, 0.0]]
+    )
 
 
 def test_bad_inputs_name_the_argument():
@@ -108,7 +109,9 @@ def test_bad_inputs_name_the_argument():
         call = functools.partial(ops.affine_hpool, rotation_free=True, backend=backend)
         with pytest.raises(ValueError, match=r"theta must be 3-D \(B, 2, 3\)"):
             call(x, torch.zeros(2, 6))
-        with pytest.raises(ValueError, match=r"theta must have shape \(B, 2, 3\) = \(2, 2, 3\) to match x, got shape \(3"):
+        with pytest.raises(
+            ValueError, match=r"theta must have shape \(B, 2, 3\) = \(2, 2, 3\) to match x, got shape \(3"
+        ):
             call(x, torch.zeros(3, 2, 3))
         with pytest.raises(TypeError, match="theta must be float16, bfloat16, float32 or float64, got torch.int32"):
             call(x, theta.int())

@@ -37,7 +37,9 @@ def test_mixed_dtypes_return_F_dtype():
 
 def test_bad_inputs_name_the_argument():
     F = torch.randn(2, 3, 4)
-    with pytest.raises(ValueError, match=r"delta must have shape \(C, K, H\) with C = 3 and H = 4 to match F, got shape \(3, 6, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"delta must have shape \(C, K, H\) with C = 3 and H = 4 to match F, got shape \(3, 6, 5\)"
+    ):
         ops.vertical_proj(F, torch.randn(3, 6, 5))
     with pytest.raises(ValueError, match=r"F must be 3-D \(B, C, H\)"):
         ops.vertical_proj(F[0], torch.randn(3, 6, 4))

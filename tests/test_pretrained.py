@@ -138,8 +138,14 @@ def test_names_without_weights_are_refused(torch_home):
 
 
 def test_paper_presets_ask_for_imagenet():
-    for name in ("r50o_market1501", "r50m_market1501", "r50o_dukemtmcreid", "r50m_dukemtmcreid", "r50o_msmt17",
-                 "r50m_msmt17"):
+    for name in (
+        "r50o_market1501",
+        "r50m_market1501",
+        "r50o_dukemtmcreid",
+        "r50m_dukemtmcreid",
+        "r50o_msmt17",
+        "r50m_msmt17",
+    ):
         assert load_config(name)["model"]["pretrained"] == "imagenet", name
     assert load_config("demo")["model"]["pretrained"] is None
 
@@ -148,11 +154,34 @@ def test_train_shows_the_missing_weights_as_one_line(torch_home, tmp_path, capsy
     from scstn_vcn.data import make_synthetic
 
     home, _ = torch_home
-    root = make_synthetic(tmp_path / "data", num_identities=4, seed=0, images_per_identity=2, gallery_per_identity=2,
-                          query_per_identity=1, num_distractors=0, num_junk=0)
-    code = main(["train", "--config", "r50o_market1501", "--dataset", "synthetic", "--data-root", str(root),
-                 "--set", "model.backbone=resnet18", "--set", "data.workers=0", "--output", str(tmp_path / "run"),
-                 "--no-progress"])
+    root = make_synthetic(
+        tmp_path / "data",
+        num_identities=4,
+        seed=0,
+        images_per_identity=2,
+        gallery_per_identity=2,
+        query_per_identity=1,
+        num_distractors=0,
+        num_junk=0,
+    )
+    code = main(
+        [
+            "train",
+            "--config",
+            "r50o_market1501",
+            "--dataset",
+            "synthetic",
+            "--data-root",
+            str(root),
+            "--set",
+            "model.backbone=resnet18",
+            "--set",
+            "data.workers=0",
+            "--output",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err

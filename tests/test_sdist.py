@@ -29,8 +29,10 @@ IN_SDIST = ("csrc", "kernels", "scstn_vcn", "docs")  # folders shipped whole (MA
 TOP_FILES = ("README.md", "LICENSE", "CHANGELOG.md", "pyproject.toml", "setup.py", "MANIFEST.in")
 NOT_IN_SDIST = ("tests", "benchmarks")
 BUILD_OUTPUTS = (".so", ".o", ".pyc")
-PLANTED = (f"scstn_vcn/_C{sysconfig.get_config_var('EXT_SUFFIX')}",
-           f"scstn_vcn/__pycache__/cli.{sys.implementation.cache_tag}.pyc")
+PLANTED = (
+    f"scstn_vcn/_C{sysconfig.get_config_var('EXT_SUFFIX')}",
+    f"scstn_vcn/__pycache__/cli.{sys.implementation.cache_tag}.pyc",
+)
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +46,7 @@ def _run(args, cwd, env=None, timeout=600):
 def _working_tree_files():
     if not (ROOT / ".git").exists() or shutil.which("git") is None:
         pytest.skip("the sdist is built from a git checkout's working tree (no .git or no git here)")
+
     def listed(*which):
         names = _run(["git", "ls-files", "-z", *which], cwd=ROOT).stdout.split("\0")
         return {name for name in names if name and (ROOT / name).is_file()}  # not the deleted ones
@@ -81,10 +84,30 @@ def sdist(tree):
 @pytest.fixture(scope="module")
 def installed(sdist):
     target = sdist.parent.parent / "site"
-    env = dict(os.environ, SCSTN_VCN_CUDA="0", SCSTN_VCN_CPU_FLAGS="", MAX_JOBS="2",
-               CFLAGS=f"{os.environ.get('CFLAGS', '')} -g0".strip())
-    _run([sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index", "--no-cache-dir",
-          "--target", str(target), str(sdist)], cwd=sdist.parent, env=env)
+    env = dict(
+        os.environ,
+        SCSTN_VCN_CUDA="0",
+        SCSTN_VCN_CPU_FLAGS="",
+        MAX_JOBS="2",
+        CFLAGS=f"{os.environ.get('CFLAGS', '')} -g0".strip(),
+    )
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-build-isolation",
+            "--no-deps",
+            "--no-index",
+            "--no-cache-dir",
+            "--target",
+            str(target),
+            str(sdist),
+        ],
+        cwd=sdist.parent,
+        env=env,
+    )
     return target
 
 
@@ -98,8 +121,11 @@ def test_sdist_holds_the_sources_and_no_build_outputs(tree, sdist):
     assert not missing, f"{sdist.name} lacks {missing}: MANIFEST.in must include them"
     assert prefix == sdist.name.removesuffix(".tar.gz")
     assert "PKG-INFO" in members
-    unwanted = sorted(name for name in members
-                      if name.split("/")[0] in NOT_IN_SDIST or name.endswith(BUILD_OUTPUTS) or "__pycache__" in name)
+    unwanted = sorted(
+        name
+        for name in members
+        if name.split("/")[0] in NOT_IN_SDIST or name.endswith(BUILD_OUTPUTS) or "__pycache__" in name
+    )
     assert not unwanted, f"{sdist.name} holds {unwanted}, which MANIFEST.in should leave out"
 
 

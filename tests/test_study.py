@@ -11,8 +11,7 @@ from scstn_vcn.commands.study import COLUMNS, append_rows, read_results
 from scstn_vcn.commands.study_report import ORDERINGS, PAPER_TABLE3
 from scstn_vcn.models import ABLATIONS
 
-TINY = ["--epochs", "1", "--num-identities", "24", "--test-identities", "8", "--no-progress",
-        "--set", "data.workers=0"]
+TINY = ["--epochs", "1", "--num-identities", "24", "--test-identities", "8", "--no-progress", "--set", "data.workers=0"]
 
 
 def study(out, *extra):
@@ -43,7 +42,11 @@ def test_study_writes_rows_table_and_figure(two_variant_study, capsys):
     assert tuple(rows[0]) == COLUMNS
     # baseline: global only; full: global, spatial and their fusion.
     assert sorted((r["variant"], r["feature"]) for r in rows) == [
-        ("baseline", "global"), ("full", "fusion"), ("full", "global"), ("full", "spatial")]
+        ("baseline", "global"),
+        ("full", "fusion"),
+        ("full", "global"),
+        ("full", "spatial"),
+    ]
     for r in rows:
         assert r["seed"] == "0" and r["detection_error"] == "" and r["epochs"] == "1"
         assert 0 <= float(r["rank1"]) <= 100 and 0 <= float(r["mAP"]) <= 100 and float(r["seconds"]) > 0
@@ -98,7 +101,11 @@ def test_detection_error_sweep(tmp_path):
     assert study(out, "--variants", "baseline,full", "--seeds", "0", "--detection-error", "0,0.4") == 0
     rows = rows_of(out)
     assert {(r["variant"], r["detection_error"]) for r in rows} == {
-        ("baseline", "0"), ("baseline", "0.4"), ("full", "0"), ("full", "0.4")}
+        ("baseline", "0"),
+        ("baseline", "0.4"),
+        ("full", "0"),
+        ("full", "0.4"),
+    }
     assert (out / "runs" / "full-s0-e0.4").is_dir()
     text = (out / "misalignment.md").read_text()
     assert "E = 0 " in text and "E = 0.4" in text and "full − vcn_no_stn" not in text  # no vcn_no_stn run
@@ -121,15 +128,18 @@ def _error(capsys, argv):
     return err
 
 
-@pytest.mark.parametrize("extra, flag", [
-    (["--variants", "baseline,nonsense"], "--variants"),
-    (["--seeds", ""], "--seeds"),
-    (["--seeds", "0,x"], "--seeds"),
-    (["--detection-error=-0.1"], "--detection-error"),
-    (["--detection-error", "0,0.9"], "--detection-error"),
-    (["--epochs", "0"], "--epochs"),
-    (["--test-identities", "23"], "--test-identities"),
-])
+@pytest.mark.parametrize(
+    "extra, flag",
+    [
+        (["--variants", "baseline,nonsense"], "--variants"),
+        (["--seeds", ""], "--seeds"),
+        (["--seeds", "0,x"], "--seeds"),
+        (["--detection-error=-0.1"], "--detection-error"),
+        (["--detection-error", "0,0.9"], "--detection-error"),
+        (["--epochs", "0"], "--epochs"),
+        (["--test-identities", "23"], "--test-identities"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, flag):
     err = _error(capsys, ["study", "--output", str(tmp_path / "s"), "--num-identities", "24", *extra])
     assert err.startswith("scstn-vcn study: error:") and flag in err
@@ -137,6 +147,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, flag):
 
 
 def test_a_study_folder_refuses_other_settings(two_variant_study, capsys):
-    err = _error(capsys, ["study", "--output", str(two_variant_study), *TINY, "--epochs", "2", "--variants", "baseline",
-                          "--seeds", "0"])
+    err = _error(
+        capsys,
+        ["study", "--output", str(two_variant_study), *TINY, "--epochs", "2", "--variants", "baseline", "--seeds", "0"],
+    )
     assert "other settings" in err and "epochs" in err

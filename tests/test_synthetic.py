@@ -12,13 +12,23 @@ from scstn_vcn.data import Market1501, build_dataset, build_train_loader, make_s
 from scstn_vcn.data.synthetic import MARKER, design_identities
 from scstn_vcn.data.synthetic_render import random_camera, random_look, render
 
-SMALL = dict(num_identities=12, images_per_identity=4, gallery_per_identity=3, query_per_identity=2,
-             num_cameras=3, num_distractors=5, num_junk=4)
+SMALL = dict(
+    num_identities=12,
+    images_per_identity=4,
+    gallery_per_identity=3,
+    query_per_identity=2,
+    num_cameras=3,
+    num_distractors=5,
+    num_junk=4,
+)
 
 
 def digest(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +72,7 @@ def test_layout_is_read_by_market1501_with_expected_counts(small_set):
 
 def test_images_are_128x64_jpegs(small_set):
     from PIL import Image
+
     path = next((small_set / "query").glob("*.jpg"))
     with Image.open(path) as img:
         assert img.format == "JPEG" and img.size == (64, 128)
@@ -87,8 +98,25 @@ def test_existing_set_is_reused_and_others_refused(small_set, tmp_path):
 def test_cli_entry_point(tmp_path, capsys):
     from scstn_vcn.cli import main
 
-    assert main(["make-synthetic", str(tmp_path / "cli"), "--num-identities", "8", "--images-per-identity", "2",
-                 "--gallery-per-identity", "2", "--num-distractors", "0", "--num-junk", "0"]) == 0
+    assert (
+        main(
+            [
+                "make-synthetic",
+                str(tmp_path / "cli"),
+                "--num-identities",
+                "8",
+                "--images-per-identity",
+                "2",
+                "--gallery-per-identity",
+                "2",
+                "--num-distractors",
+                "0",
+                "--num-junk",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert Market1501(tmp_path / "cli").num_train_pids == 4
     assert "wrote" in capsys.readouterr().out
 
@@ -103,8 +131,15 @@ def test_identities_come_in_swap_pairs():
 
 def clean_front(look, rng_seed=5):
     """A person without background, camera or detection error, so only the look shows."""
-    img = render(np.random.default_rng(rng_seed), look, random_camera(np.random.default_rng(0)), view="front",
-                 scale_range=(1.0, 1.0), shift=(0.0, 0.0), clean=True)
+    img = render(
+        np.random.default_rng(rng_seed),
+        look,
+        random_camera(np.random.default_rng(0)),
+        view="front",
+        scale_range=(1.0, 1.0),
+        shift=(0.0, 0.0),
+        clean=True,
+    )
     return img.astype(np.float64)
 
 
@@ -135,8 +170,12 @@ def test_detection_error_moves_and_scales_the_person():
 
 def test_cameras_differ():
     look = random_look(np.random.default_rng(3))
-    means = [render(np.random.default_rng(1), look, random_camera(np.random.default_rng(c)), view="front")
-             .astype(float).mean(axis=(0, 1)) for c in range(4)]
+    means = [
+        render(np.random.default_rng(1), look, random_camera(np.random.default_rng(c)), view="front")
+        .astype(float)
+        .mean(axis=(0, 1))
+        for c in range(4)
+    ]
     assert max(np.abs(m - means[0]).max() for m in means[1:]) > 10
 
 
@@ -152,6 +191,7 @@ def test_train_loader_on_synthetic(small_set):
 
 
 # ------------------------------------------------------------------------------- detection error knob
+
 
 def test_default_detection_error_is_the_former_box(small_set):
     from scstn_vcn.data.synthetic_render import DEFAULT_DETECTION_ERROR, detection_error_box
@@ -172,8 +212,9 @@ def test_zero_detection_error_centres_the_person_at_a_fixed_scale():
     cam = random_camera(np.random.default_rng(0))
     boxes = set()
     for seed in range(12):
-        img = render(np.random.default_rng(seed), look, cam, view="front", scale_range=scale_range, shift=shift,
-                     clean=True).astype(int)
+        img = render(
+            np.random.default_rng(seed), look, cam, view="front", scale_range=scale_range, shift=shift, clean=True
+        ).astype(int)
         person = np.abs(img - 127).sum(axis=2) > 0
         rows, cols = np.nonzero(person.any(axis=1))[0], np.nonzero(person.any(axis=0))[0]
         boxes.add((rows.min(), rows.max(), cols.min(), cols.max()))
@@ -206,8 +247,21 @@ def test_more_test_identities_keep_the_training_images(small_set, tmp_path):
 def test_make_synthetic_cli_detection_error(tmp_path, capsys):
     from scstn_vcn.cli import main
 
-    args = ["make-synthetic", "--num-identities", "4", "--images-per-identity", "1", "--gallery-per-identity", "2",
-            "--query-per-identity", "1", "--num-distractors", "0", "--num-junk", "0"]
+    args = [
+        "make-synthetic",
+        "--num-identities",
+        "4",
+        "--images-per-identity",
+        "1",
+        "--gallery-per-identity",
+        "2",
+        "--query-per-identity",
+        "1",
+        "--num-distractors",
+        "0",
+        "--num-junk",
+        "0",
+    ]
     assert main(args + [str(tmp_path / "e0"), "--detection-error", "0"]) == 0
     assert json.loads((tmp_path / "e0" / MARKER).read_text())["params"]["detection_error"] == 0.0
     capsys.readouterr()

@@ -149,8 +149,11 @@ def test_affine_hpool_width_beyond_one_block():
     # W = 40 > 32 samples per chunk; a mild rotation so rows mix
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(2, 3, 5, 40, generator=gen, dtype=torch.float64).to(DEVICE)
-    theta = torch.tensor([[[1.0, 0.13, 0.021], [0.05, 0.9, -0.1]], [[0.7, 0.0, 0.3], [0.0, 1.2, 0.1]]],
-                         dtype=torch.float64, device=DEVICE)
+    theta = torch.tensor(
+        [[[1.0, 0.13, 0.021], [0.05, 0.9, -0.1]], [[0.7, 0.0, 0.3], [0.0, 1.2, 0.1]]],
+        dtype=torch.float64,
+        device=DEVICE,
+    )
     _compare_with_fp64_eager("affine_hpool", [x, theta], torch.float64, "affine_hpool W=40")
     _compare_with_fp64_eager("affine_hpool", [x.float(), theta.float()], torch.float32, "affine_hpool W=40 fp32")
 
@@ -223,9 +226,14 @@ def _determinism_inputs(op, sizes, dtype, device):
     if op == "channel_pool":
         return [torch.randn(B, C, H, W, generator=gen).to(device, dtype)]
     if op == "affine_hpool":
-        theta = torch.eye(2, 3, dtype=torch.float64).repeat(B, 1, 1) + 0.3 * torch.randn(B, 2, 3, generator=gen, dtype=torch.float64)
+        theta = torch.eye(2, 3, dtype=torch.float64).repeat(B, 1, 1) + 0.3 * torch.randn(
+            B, 2, 3, generator=gen, dtype=torch.float64
+        )
         return [torch.randn(B, C, H, W, generator=gen).to(device, dtype), theta.to(device, compute)]
-    return [torch.randn(B, C, H, generator=gen).to(device, dtype), torch.randn(C, 6, H, generator=gen).to(device, compute)]
+    return [
+        torch.randn(B, C, H, generator=gen).to(device, dtype),
+        torch.randn(C, 6, H, generator=gen).to(device, compute),
+    ]
 
 
 @pytest.mark.parametrize("op", ["channel_pool", "affine_hpool", "vertical_proj"])
@@ -285,18 +293,23 @@ GRID_X_LIMIT, GRID_YZ_LIMIT = 2**31 - 1, 65535
 
 def _all_grids(B, C, H, W, K=6):
     channel_pool, affine_hpool, vertical_proj = _kernels()
-    grids = {"channel_pool forward": channel_pool.forward_grids(B, C, H, W, torch.float32)
-             + channel_pool.forward_grids(B, C, H, W, torch.float64),
-             "channel_pool backward": (channel_pool.backward_grid(B, C, H, W),),
-             "affine_hpool forward": (affine_hpool.forward_grid(B, C, H, W),),
-             "affine_hpool backward": affine_hpool.backward_grids(B, C, H, W),
-             "vertical_proj forward": (vertical_proj.forward_grid(B, C, K, H),),
-             "vertical_proj backward": tuple(g for g in vertical_proj.backward_grids(B, C, K, H) if g is not None)}
+    grids = {
+        "channel_pool forward": channel_pool.forward_grids(B, C, H, W, torch.float32)
+        + channel_pool.forward_grids(B, C, H, W, torch.float64),
+        "channel_pool backward": (channel_pool.backward_grid(B, C, H, W),),
+        "affine_hpool forward": (affine_hpool.forward_grid(B, C, H, W),),
+        "affine_hpool backward": affine_hpool.backward_grids(B, C, H, W),
+        "vertical_proj forward": (vertical_proj.forward_grid(B, C, K, H),),
+        "vertical_proj backward": tuple(g for g in vertical_proj.backward_grids(B, C, K, H) if g is not None),
+    }
     return grids
 
 
-@pytest.mark.parametrize("C,H,W", [(2048, 24, 8), (2**26, 16, 8), (2**22, 256, 1), (64, 2**24, 4), (2**10, 2**20, 2)],
-                         ids=["paper", "many-channels", "tall", "very-tall", "rows-2^30"])
+@pytest.mark.parametrize(
+    "C,H,W",
+    [(2048, 24, 8), (2**26, 16, 8), (2**22, 256, 1), (64, 2**24, 4), (2**10, 2**20, 2)],
+    ids=["paper", "many-channels", "tall", "very-tall", "rows-2^30"],
+)
 def test_launch_grids_stay_within_cuda_limits(C, H, W):
     # C H up to 2^30: the row blocks grow past 65,535 and must sit on axis 0
     for what, grids in _all_grids(96, C, H, W).items():
@@ -388,8 +401,11 @@ def test_affine_hpool_backward_bitwise_equal_with_the_stable_sort_index(monkeypa
     out, argmax = affine_hpool.affine_hpool_forward(x, theta)
     g = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(DEVICE, dtype)
     dx, dtheta = affine_hpool.affine_hpool_backward(g, x, theta, argmax)
-    monkeypatch.setattr(affine_hpool, "inverse_index",
-                        lambda t, H, W: tuple(a.contiguous() for a in _stable_sort_inverse_index(t, H, W)))
+    monkeypatch.setattr(
+        affine_hpool,
+        "inverse_index",
+        lambda t, H, W: tuple(a.contiguous() for a in _stable_sort_inverse_index(t, H, W)),
+    )
     ref_dx, ref_dtheta = affine_hpool.affine_hpool_backward(g, x, theta, argmax)
     assert torch.equal(dx, ref_dx) and torch.equal(dtheta, ref_dtheta)
 
@@ -420,8 +436,12 @@ GPU_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 
 
 @cuda_only
-@pytest.mark.parametrize("shape,dtype", [(shape, dtype) for shape in PAPER_SHAPES for dtype in GPU_DTYPES]
-                         + [(shape, torch.float32) for shape in PAPER_BATCH_SHAPES], ids=str)
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [(shape, dtype) for shape in PAPER_SHAPES for dtype in GPU_DTYPES]
+    + [(shape, torch.float32) for shape in PAPER_BATCH_SHAPES],
+    ids=str,
+)
 @pytest.mark.parametrize("op", ["channel_pool", "vertical_proj"])
 def test_cuda_paper_shapes_match_fp64_eager(op, dtype, shape):
     inputs = _determinism_inputs(op, {**PAPER_SHAPES, **PAPER_BATCH_SHAPES}[shape], dtype, "cuda")
@@ -431,8 +451,12 @@ def test_cuda_paper_shapes_match_fp64_eager(op, dtype, shape):
 
 
 @cuda_only
-@pytest.mark.parametrize("shape,dtype", [(shape, dtype) for shape in PAPER_SHAPES for dtype in GPU_DTYPES]
-                         + [(shape, torch.float32) for shape in PAPER_BATCH_SHAPES], ids=str)
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [(shape, dtype) for shape in PAPER_SHAPES for dtype in GPU_DTYPES]
+    + [(shape, torch.float32) for shape in PAPER_BATCH_SHAPES],
+    ids=str,
+)
 @pytest.mark.parametrize("rotation", [False, True], ids=["norot", "general"])
 def test_cuda_paper_shapes_affine_hpool(dtype, shape, rotation):
     """affine_hpool at the paper shapes against float64 grid_sample, pooled with the kernel's OWN argmax.
@@ -449,8 +473,7 @@ def test_cuda_paper_shapes_affine_hpool(dtype, shape, rotation):
     gen = torch.Generator().manual_seed(2)
     g = torch.randn(out.shape, generator=gen).to("cuda", dtype)
     dx, dtheta = affine_hpool.affine_hpool_backward(g, x, theta, argmax)
-    _assert_matches_own_argmax_reference(x, theta, g, (out, argmax, dx, dtheta), dtype,
-                                         f"affine_hpool {shape} {dtype}")
+    _assert_matches_own_argmax_reference(x, theta, g, (out, argmax, dx, dtheta), dtype, f"affine_hpool {shape} {dtype}")
 
 
 @cuda_only
@@ -476,8 +499,9 @@ def test_cuda_tensors_on_the_second_gpu(op):
 
 def test_kernels_compile_for_sm90_ahead_of_time(tmp_path):
     """Every kernel goes through Triton's full compiler (LLVM, ptxas) for sm_90 at the paper shape (O)'s
-    block sizes, in every dtype and without register spills, in a subprocess without the interpreter: on a CPU-only machine the tests above only reach
-    the interpreter, which accepts some programs that the compiler rejects."""
+    block sizes, in every dtype and without register spills, in a subprocess without the interpreter: on a
+    CPU-only machine the tests above only reach the interpreter, which accepts some programs that the compiler
+    rejects."""
     import os
     import subprocess
     import sys
@@ -487,17 +511,32 @@ def test_kernels_compile_for_sm90_ahead_of_time(tmp_path):
     dtypes = ["float32", "bfloat16", "float16", "float64"]
     done = subprocess.run(
         [sys.executable, "-m", "scstn_vcn.kernels._aot_check", "--dtype", *dtypes, "--shape", "O"],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
         cwd=tmp_path,  # not the repository root, whose source scstn_vcn/ would shadow the installed package
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]  # fails on errors and on spills
     compiled = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("_")]
-    kernels = {"_channel_pool_fwd_kernel", "_channel_mean_reduce_kernel", "_channel_pool_bwd_kernel",
-               "_affine_hpool_fwd_kernel", "_affine_hpool_dtheta_kernel", "_dtheta_reduce_kernel",
-               "_inverse_index_kernel", "_affine_hpool_dx_kernel", "_vertical_proj_fwd_kernel",
-               "_vertical_proj_dF_kernel", "_vertical_proj_ddelta_kernel", "_ddelta_reduce_kernel",
-               "_separable_fwd_kernel", "_separable_dtheta_kernel", "_separable_dtheta_reduce_kernel",
-               "_separable_dx_kernel"}
+    kernels = {
+        "_channel_pool_fwd_kernel",
+        "_channel_mean_reduce_kernel",
+        "_channel_pool_bwd_kernel",
+        "_affine_hpool_fwd_kernel",
+        "_affine_hpool_dtheta_kernel",
+        "_dtheta_reduce_kernel",
+        "_inverse_index_kernel",
+        "_affine_hpool_dx_kernel",
+        "_vertical_proj_fwd_kernel",
+        "_vertical_proj_dF_kernel",
+        "_vertical_proj_ddelta_kernel",
+        "_ddelta_reduce_kernel",
+        "_separable_fwd_kernel",
+        "_separable_dtheta_kernel",
+        "_separable_dtheta_reduce_kernel",
+        "_separable_dx_kernel",
+    }
     assert kernels <= set(compiled), done.stdout  # (other ops' kernels may be listed too)
     assert all(compiled.count(name) == len(dtypes) for name in set(compiled)), done.stdout
 
@@ -682,5 +721,6 @@ def test_cuda_paper_batch_affine_hpool_separable(dtype, shape):
     dx2, dtheta2 = kernels.affine_hpool_separable_backward(g, x, theta, argmax)
     assert torch.equal(dx, dx2) and torch.equal(dtheta, dtheta2), "backward is not bitwise deterministic"
     mask = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]], dtype=torch.float64, device="cuda")
-    _assert_matches_own_argmax_reference(x, theta, g, (out, argmax, dx, dtheta), dtype,
-                                         f"separable {shape} {dtype}", theta_mask=mask)
+    _assert_matches_own_argmax_reference(
+        x, theta, g, (out, argmax, dx, dtheta), dtype, f"separable {shape} {dtype}", theta_mask=mask
+    )

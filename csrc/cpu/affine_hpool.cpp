@@ -60,9 +60,9 @@ struct SeparableTables {
 // neighbours' plane offsets (00 = (y0, x0), 01 = (y0, x1), 10 = (y1, x0), 11 = (y1, x1)) and masked weights.
 template <typename acc_t>
 struct GeneralTables {
-  std::vector<int64_t> off;          // 4 per sample
-  std::vector<acc_t> wgt, mask;      // 4 per sample
-  std::vector<acc_t> wx, wy;         // 2 per sample: unmasked (w0, w1) along x and y
+  std::vector<int64_t> off;      // 4 per sample
+  std::vector<acc_t> wgt, mask;  // 4 per sample
+  std::vector<acc_t> wx, wy;     // 2 per sample: unmasked (w0, w1) along x and y
   void build(const acc_t* t, int64_t H, int64_t W) {
     const int64_t S = H * W;
     off.resize(4 * S);
@@ -78,8 +78,7 @@ struct GeneralTables {
         const auto cy = make_taps(unnormalise(t[3] * u + t[4] * v + t[5], H), H);
         const int64_t s = h * W + w;
         const int64_t o[4] = {cy.i0 * W + cx.i0, cy.i0 * W + cx.i1, cy.i1 * W + cx.i0, cy.i1 * W + cx.i1};
-        const acc_t m[4] = {cy.valid0 * cx.valid0, cy.valid0 * cx.valid1, cy.valid1 * cx.valid0,
-                            cy.valid1 * cx.valid1};
+        const acc_t m[4] = {cy.valid0 * cx.valid0, cy.valid0 * cx.valid1, cy.valid1 * cx.valid0, cy.valid1 * cx.valid1};
         const acc_t ww[4] = {cy.raw0 * cx.raw0, cy.raw0 * cx.raw1, cy.raw1 * cx.raw0, cy.raw1 * cx.raw1};
         for (int k = 0; k < 4; ++k) {
           off[4 * s + k] = o[k];
@@ -108,8 +107,10 @@ struct BatchTables {
   bool prepare(int64_t b, const acc_t* t, int64_t H, int64_t W) {
     if (of == b) return false;
     separable = rotation_free(t);
-    if (separable) sep.build(t, H, W);
-    else gen.build(t, H, W);
+    if (separable)
+      sep.build(t, H, W);
+    else
+      gen.build(t, H, W);
     of = b;
     return true;
   }
@@ -180,9 +181,8 @@ void forward_group_separable(const SeparableTables<acc_t>& sep, const acc_t* XI,
 // c0's row of H gradients / argmax values. Returns false if an argmax value is out of range.
 template <typename acc_t>
 bool backward_group_separable(const SeparableTables<acc_t>& sep, const acc_t* colsum, const acc_t* XI, acc_t* DI,
-                              int64_t H, int64_t W, int64_t n, acc_t inv_w, const acc_t* g_row,
-                              const int32_t* a_row, acc_t* T, acc_t* Dd, acc_t* DB, acc_t* ST, acc_t* SD, acc_t* gx,
-                              acc_t* gy) {
+                              int64_t H, int64_t W, int64_t n, acc_t inv_w, const acc_t* g_row, const int32_t* a_row,
+                              acc_t* T, acc_t* Dd, acc_t* DB, acc_t* ST, acc_t* SD, acc_t* gx, acc_t* gy) {
   constexpr int64_t L = kLanes;
   using V = typename LaneVec<acc_t>::type;
   bool ok = true;
@@ -398,46 +398,46 @@ std::tuple<at::Tensor, at::Tensor> affine_hpool_backward_cpu(const at::Tensor& g
             sum_d[i] = sd;
           }
         } else {
-        for (int64_t c = c0; c < c1; ++c) {
-          load_plane(xp + b * sb + c * sc, sh, sw, H, W, plane.data());
-          const acc_t* X = plane.data();
-          acc_t* D = dplane.data();
-          std::fill(dplane.begin(), dplane.end(), acc_t(0));
-          const acc_t* g_row = gp + (b * C + c) * H;
-          const int32_t* a_row = ap + (b * C + c) * H;
-          for (int64_t h = 0; h < H; ++h) {
-            const acc_t g = g_row[h];
-            const int64_t a = a_row[h];
-            if (a < 0 || a >= W) {
-              bad[item] = 1;
-              continue;
-            }
-            {
-              const int64_t* off = gen.off.data() + 4 * h * W;
-              const acc_t* wg = gen.wgt.data() + 4 * h * W;
-              const acc_t* mk = gen.mask.data() + 4 * h * W;
-              const acc_t* wxs = gen.wx.data() + 2 * h * W;
-              const acc_t* wys = gen.wy.data() + 2 * h * W;
-              const acc_t g_mean = g * inv_w;
-              for (int64_t w = 0; w < W; ++w) {
-                const acc_t dr = w == a ? g_mean + g : g_mean;
-                const int64_t* o = off + 4 * w;
-                const acc_t* q = wg + 4 * w;
-                const acc_t* m = mk + 4 * w;
-                D[o[0]] += q[0] * dr;
-                D[o[1]] += q[1] * dr;
-                D[o[2]] += q[2] * dr;
-                D[o[3]] += q[3] * dr;
-                const acc_t v00 = m[0] * X[o[0]], v01 = m[1] * X[o[1]], v10 = m[2] * X[o[2]], v11 = m[3] * X[o[3]];
-                const acc_t dix = wys[2 * w] * (v01 - v00) + wys[2 * w + 1] * (v11 - v10);
-                const acc_t diy = wxs[2 * w] * (v10 - v00) + wxs[2 * w + 1] * (v11 - v01);
-                gx[h * W + w] += dr * dix;
-                gy[h * W + w] += dr * diy;
+          for (int64_t c = c0; c < c1; ++c) {
+            load_plane(xp + b * sb + c * sc, sh, sw, H, W, plane.data());
+            const acc_t* X = plane.data();
+            acc_t* D = dplane.data();
+            std::fill(dplane.begin(), dplane.end(), acc_t(0));
+            const acc_t* g_row = gp + (b * C + c) * H;
+            const int32_t* a_row = ap + (b * C + c) * H;
+            for (int64_t h = 0; h < H; ++h) {
+              const acc_t g = g_row[h];
+              const int64_t a = a_row[h];
+              if (a < 0 || a >= W) {
+                bad[item] = 1;
+                continue;
+              }
+              {
+                const int64_t* off = gen.off.data() + 4 * h * W;
+                const acc_t* wg = gen.wgt.data() + 4 * h * W;
+                const acc_t* mk = gen.mask.data() + 4 * h * W;
+                const acc_t* wxs = gen.wx.data() + 2 * h * W;
+                const acc_t* wys = gen.wy.data() + 2 * h * W;
+                const acc_t g_mean = g * inv_w;
+                for (int64_t w = 0; w < W; ++w) {
+                  const acc_t dr = w == a ? g_mean + g : g_mean;
+                  const int64_t* o = off + 4 * w;
+                  const acc_t* q = wg + 4 * w;
+                  const acc_t* m = mk + 4 * w;
+                  D[o[0]] += q[0] * dr;
+                  D[o[1]] += q[1] * dr;
+                  D[o[2]] += q[2] * dr;
+                  D[o[3]] += q[3] * dr;
+                  const acc_t v00 = m[0] * X[o[0]], v01 = m[1] * X[o[1]], v10 = m[2] * X[o[2]], v11 = m[3] * X[o[3]];
+                  const acc_t dix = wys[2 * w] * (v01 - v00) + wys[2 * w + 1] * (v11 - v10);
+                  const acc_t diy = wxs[2 * w] * (v10 - v00) + wxs[2 * w + 1] * (v11 - v01);
+                  gx[h * W + w] += dr * dix;
+                  gy[h * W + w] += dr * diy;
+                }
               }
             }
+            store_row(D, S, dxp + (b * C + c) * S);
           }
-          store_row(D, S, dxp + (b * C + c) * S);
-        }
         }
         if (separable) {
           // the mean term of every channel at once: (1/W) times the column taps' derivative of sum_c g t

@@ -123,8 +123,8 @@ void load_channels(const scalar_t* src, int64_t sc, int64_t sh, int64_t sw, int6
 // source rows (W kLanes), then per output column two taps of T, summed and max-scanned. res / idx
 // (H kLanes) receive out and argmax per lane.
 template <typename acc_t>
-void forward_group(const Factors<acc_t>& f, const acc_t* XI, int64_t H, int64_t W, acc_t inv_w, acc_t* T,
-                   acc_t* res, acc_t* idx) {
+void forward_group(const Factors<acc_t>& f, const acc_t* XI, int64_t H, int64_t W, acc_t inv_w, acc_t* T, acc_t* res,
+                   acc_t* idx) {
   constexpr int64_t L = kLanes;
   using V = typename LaneVec<acc_t>::type;
   for (int64_t h = 0; h < H; ++h) {

@@ -77,18 +77,35 @@ inline void backward_row_avx2(const float* __restrict row, const float* __restri
 }
 
 // backward_row_avx2 for H = 8, 16, ..., 64; false when H is not one of these (the caller falls back).
-inline bool backward_row_avx2_any(const float* row, const float* g, const float* d, float* dd, float* drow,
-                                  int64_t H, int64_t K) {
+inline bool backward_row_avx2_any(const float* row, const float* g, const float* d, float* dd, float* drow, int64_t H,
+                                  int64_t K) {
   switch (H) {
-    case 8: backward_row_avx2<1>(row, g, d, dd, drow, K); return true;
-    case 16: backward_row_avx2<2>(row, g, d, dd, drow, K); return true;
-    case 24: backward_row_avx2<3>(row, g, d, dd, drow, K); return true;
-    case 32: backward_row_avx2<4>(row, g, d, dd, drow, K); return true;
-    case 40: backward_row_avx2<5>(row, g, d, dd, drow, K); return true;
-    case 48: backward_row_avx2<6>(row, g, d, dd, drow, K); return true;
-    case 56: backward_row_avx2<7>(row, g, d, dd, drow, K); return true;
-    case 64: backward_row_avx2<8>(row, g, d, dd, drow, K); return true;
-    default: return false;
+    case 8:
+      backward_row_avx2<1>(row, g, d, dd, drow, K);
+      return true;
+    case 16:
+      backward_row_avx2<2>(row, g, d, dd, drow, K);
+      return true;
+    case 24:
+      backward_row_avx2<3>(row, g, d, dd, drow, K);
+      return true;
+    case 32:
+      backward_row_avx2<4>(row, g, d, dd, drow, K);
+      return true;
+    case 40:
+      backward_row_avx2<5>(row, g, d, dd, drow, K);
+      return true;
+    case 48:
+      backward_row_avx2<6>(row, g, d, dd, drow, K);
+      return true;
+    case 56:
+      backward_row_avx2<7>(row, g, d, dd, drow, K);
+      return true;
+    case 64:
+      backward_row_avx2<8>(row, g, d, dd, drow, K);
+      return true;
+    default:
+      return false;
   }
 }
 #else
@@ -120,8 +137,9 @@ void check_F_delta(const at::Tensor& F, const at::Tensor& delta) {
   check_float(F, "F");
   check_dim(F, 3, "F", "(B, C, H)");
   check_dim(delta, 3, "delta", "(C, K, H)");
-  TORCH_CHECK(delta.size(0) == F.size(1) && delta.size(2) == F.size(2), "delta must have shape (C, K, H) with C = ",
-              F.size(1), " and H = ", F.size(2), " to match F, got ", delta.sizes());
+  TORCH_CHECK(delta.size(0) == F.size(1) && delta.size(2) == F.size(2),
+              "delta must have shape (C, K, H) with C = ", F.size(1), " and H = ", F.size(2), " to match F, got ",
+              delta.sizes());
   check_dtype(delta, compute_type(F.scalar_type()), "delta",
               "the compute dtype of F: float64 for float64 F, float32 otherwise");
   check_same_device(F, "F", delta, "delta");
@@ -165,8 +183,8 @@ at::Tensor vertical_proj_cpu(const at::Tensor& F_in, const at::Tensor& delta_in)
           const acc_t* d = dp + c * K * H;
           scalar_t* dst = fp + (b * C + c) * K;
           if (fast) {
-            project_row_avx2(reinterpret_cast<const float*>(row.data()), reinterpret_cast<const float*>(tp + c * H * 8), H,
-                             reinterpret_cast<float*>(out.data()));
+            project_row_avx2(reinterpret_cast<const float*>(row.data()), reinterpret_cast<const float*>(tp + c * H * 8),
+                             H, reinterpret_cast<float*>(out.data()));
             for (int64_t k = 0; k < K; ++k) dst[k] = static_cast<scalar_t>(out[k]);
           } else {
             for (int64_t k = 0; k < K; ++k) dst[k] = static_cast<scalar_t>(dot(row.data(), d + k * H, H));

@@ -133,7 +133,8 @@ __device__ __forceinline__ acc_t bilinear(const Map& map, acc_t ix, acc_t iy, in
 // h = i / W through a float reciprocal: exact here because staged maps have far fewer than 2^22
 // pixels (the error of (i + 1/2) / W stays below its 1/(2W) distance to an integer).
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void stage_map(const scalar_t* __restrict__ src, acc_t* map, int H, int W, int pitch, int lane) {
+__device__ __forceinline__ void stage_map(const scalar_t* __restrict__ src, acc_t* map, int H, int W, int pitch,
+                                          int lane) {
   const int HW = H * W;
   const float inv_w = 1.0f / static_cast<float>(W);
   for (int i = lane; i < HW; i += kWarp) {
@@ -257,11 +258,12 @@ __global__ void affine_pattern_pack_kernel(const int32_t* __restrict__ sorted_ke
 // Backward
 
 template <typename scalar_t, typename acc_t, bool kSmem>
-__global__ void __launch_bounds__(kMaxWarps* kWarp) affine_hpool_backward_kernel(
-    const scalar_t* __restrict__ x, const acc_t* __restrict__ theta, const acc_t* __restrict__ grad_out,
-    const int32_t* __restrict__ argmax, const uint32_t* __restrict__ entry_pos_g, const acc_t* __restrict__ entry_weight_g,
-    const int32_t* __restrict__ offsets_g, bool pattern_in_smem, scalar_t* __restrict__ dx, acc_t* __restrict__ partial,
-    int C, int H, int W, int nchunks, int pitch) {
+__global__ void __launch_bounds__(kMaxWarps* kWarp)
+    affine_hpool_backward_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ theta,
+                                 const acc_t* __restrict__ grad_out, const int32_t* __restrict__ argmax,
+                                 const uint32_t* __restrict__ entry_pos_g, const acc_t* __restrict__ entry_weight_g,
+                                 const int32_t* __restrict__ offsets_g, bool pattern_in_smem, scalar_t* __restrict__ dx,
+                                 acc_t* __restrict__ partial, int C, int H, int W, int nchunks, int pitch) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ acc_t warp_sums[kMaxWarps][6];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, nwarps = blockDim.x / kWarp;

@@ -180,9 +180,9 @@ struct GroupSource {
 // where they are read from.
 template <bool kSmem, typename scalar_t, typename acc_t>
 __device__ __forceinline__ GroupSource<scalar_t, acc_t, kSmem> begin_group(const scalar_t* __restrict__ x,
-                                                                          const Strides& st, int b, int c0, int n,
-                                                                          int H, int W, int pitch, int plane,
-                                                                          bool channels_inner, acc_t* maps) {
+                                                                           const Strides& st, int b, int c0, int n,
+                                                                           int H, int W, int pitch, int plane,
+                                                                           bool channels_inner, acc_t* maps) {
   if constexpr (kSmem) {
     stage_maps(x, st, b, c0, n, H, W, pitch, channels_inner, maps);
     __syncthreads();
@@ -196,8 +196,8 @@ __device__ __forceinline__ GroupSource<scalar_t, acc_t, kSmem> begin_group(const
 template <typename scalar_t, typename acc_t, bool kSmem>
 __global__ void __launch_bounds__(kThreads)
     separable_forward_kernel(const scalar_t* __restrict__ x, Strides st, const acc_t* __restrict__ theta,
-                             scalar_t* __restrict__ out, int32_t* __restrict__ argmax, int C, int H, int W,
-                             int nchunks, int group, int pitch, bool channels_inner) {
+                             scalar_t* __restrict__ out, int32_t* __restrict__ argmax, int C, int H, int W, int nchunks,
+                             int group, int pitch, bool channels_inner) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int b = blockIdx.x / nchunks;
   const int chunk = blockIdx.x - b * nchunks;
@@ -246,10 +246,11 @@ __global__ void __launch_bounds__(kThreads)
 // Backward
 
 template <typename scalar_t, typename acc_t, bool kSmem>
-__global__ void __launch_bounds__(kThreads) separable_backward_kernel(
-    const scalar_t* __restrict__ x, Strides st, const acc_t* __restrict__ theta, const acc_t* __restrict__ grad_out,
-    const int32_t* __restrict__ argmax, scalar_t* __restrict__ dx, acc_t* __restrict__ partial, int C, int H, int W,
-    int nchunks, int group, int pitch, bool channels_inner) {
+__global__ void __launch_bounds__(kThreads)
+    separable_backward_kernel(const scalar_t* __restrict__ x, Strides st, const acc_t* __restrict__ theta,
+                              const acc_t* __restrict__ grad_out, const int32_t* __restrict__ argmax,
+                              scalar_t* __restrict__ dx, acc_t* __restrict__ partial, int C, int H, int W, int nchunks,
+                              int group, int pitch, bool channels_inner) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ acc_t warp_sums[kWarps][4];
   const int b = blockIdx.x / nchunks;
@@ -475,7 +476,8 @@ std::tuple<at::Tensor, at::Tensor> affine_hpool_separable_cuda(const at::Tensor&
 }
 
 std::tuple<at::Tensor, at::Tensor> affine_hpool_separable_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
-                                                                        const at::Tensor& theta, const at::Tensor& argmax) {
+                                                                        const at::Tensor& theta,
+                                                                        const at::Tensor& argmax) {
   check_x_theta(x, theta);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   check_float(grad_out, "grad_out");
@@ -494,23 +496,24 @@ std::tuple<at::Tensor, at::Tensor> affine_hpool_separable_backward_cuda(const at
   at::Tensor partial = at::empty({B, ls.nchunks, 4}, tc.options());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scstn_vcn::affine_hpool_separable_backward", [&] {
-    using acc_t = at::acc_type<scalar_t, true>;
-    const int64_t acc = sizeof(acc_t);
-    const int64_t fixed = (2 * H + 3 * W) * acc + (4 * H + 2 * W) * 4;
-    const Plan plan =
-        plan_smem(C, H, fixed, 3 * acc + 2 * 4, (H + 1) * ls.pitch * acc, x, "affine_hpool_separable_backward");
-    const unsigned grid = static_cast<unsigned>(B * ls.nchunks);
-    const auto kernel = plan.smem_maps ? separable_backward_kernel<scalar_t, acc_t, true>
-                                       : separable_backward_kernel<scalar_t, acc_t, false>;
-    kernel<<<grid, kThreads, static_cast<size_t>(plan.bytes), stream>>>(
-        x.const_data_ptr<scalar_t>(), ls.st, tc.const_data_ptr<acc_t>(), g.const_data_ptr<acc_t>(),
-        am.const_data_ptr<int32_t>(), dx.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(),
-        static_cast<int>(C), static_cast<int>(H), static_cast<int>(W), static_cast<int>(ls.nchunks), plan.group,
-        ls.pitch, ls.inner);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    launch_theta_finish<acc_t, SeparableThetaLayout>(partial, grad_theta, B, ls.nchunks, H, W, stream);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "scstn_vcn::affine_hpool_separable_backward", [&] {
+        using acc_t = at::acc_type<scalar_t, true>;
+        const int64_t acc = sizeof(acc_t);
+        const int64_t fixed = (2 * H + 3 * W) * acc + (4 * H + 2 * W) * 4;
+        const Plan plan =
+            plan_smem(C, H, fixed, 3 * acc + 2 * 4, (H + 1) * ls.pitch * acc, x, "affine_hpool_separable_backward");
+        const unsigned grid = static_cast<unsigned>(B * ls.nchunks);
+        const auto kernel = plan.smem_maps ? separable_backward_kernel<scalar_t, acc_t, true>
+                                           : separable_backward_kernel<scalar_t, acc_t, false>;
+        kernel<<<grid, kThreads, static_cast<size_t>(plan.bytes), stream>>>(
+            x.const_data_ptr<scalar_t>(), ls.st, tc.const_data_ptr<acc_t>(), g.const_data_ptr<acc_t>(),
+            am.const_data_ptr<int32_t>(), dx.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(),
+            static_cast<int>(C), static_cast<int>(H), static_cast<int>(W), static_cast<int>(ls.nchunks), plan.group,
+            ls.pitch, ls.inner);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch_theta_finish<acc_t, SeparableThetaLayout>(partial, grad_theta, B, ls.nchunks, H, W, stream);
+      });
   return {dx, grad_theta};
 }
 

@@ -36,8 +36,7 @@ constexpr int kTile = kWarp * kVec;                               // 256 positio
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kPoolWarps* kWarp)
     channel_pool_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ gpool,
-                                int32_t* __restrict__ argmax, acc_t* __restrict__ partial, int C, int HW,
-                                int nchunks) {
+                                int32_t* __restrict__ argmax, acc_t* __restrict__ partial, int C, int HW, int nchunks) {
   __shared__ acc_t tile_sums[kPoolWarps][kTile];
   const int warp = threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
@@ -165,8 +164,8 @@ void check_x(const at::Tensor& x) {
   check_float(x, "x");
   check_dim(x, 4, "x", "(B, C, H, W)");
   check_cuda(x, "x");
-  TORCH_CHECK(x.size(1) <= INT_MAX && x.size(2) * x.size(3) <= INT_MAX, "x: C and H * W must each fit in int32, got shape ",
-              x.sizes());
+  TORCH_CHECK(x.size(1) <= INT_MAX && x.size(2) * x.size(3) <= INT_MAX,
+              "x: C and H * W must each fit in int32, got shape ", x.sizes());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> channel_pool_cuda(const at::Tensor& x) {
@@ -190,16 +189,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> channel_pool_cuda(const at::Tenso
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int64_t total = B * HW;
     constexpr int threads = 256;
-    channel_mean_finish_kernel<scalar_t, acc_t><<<static_cast<unsigned>(ceil_div(total, threads)), threads, 0, stream>>>(
-        partial.const_data_ptr<acc_t>(), cmean.mutable_data_ptr<scalar_t>(), total, static_cast<int>(HW),
-        static_cast<int>(nchunks), static_cast<int>(C));
+    channel_mean_finish_kernel<scalar_t, acc_t>
+        <<<static_cast<unsigned>(ceil_div(total, threads)), threads, 0, stream>>>(
+            partial.const_data_ptr<acc_t>(), cmean.mutable_data_ptr<scalar_t>(), total, static_cast<int>(HW),
+            static_cast<int>(nchunks), static_cast<int>(C));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {cmean, gpool, argmax};
 }
 
-at::Tensor channel_pool_backward_cuda(const at::Tensor& grad_cmean, const at::Tensor& grad_gpool, const at::Tensor& argmax,
-                                      const at::Tensor& x) {
+at::Tensor channel_pool_backward_cuda(const at::Tensor& grad_cmean, const at::Tensor& grad_gpool,
+                                      const at::Tensor& argmax, const at::Tensor& x) {
   check_x(x);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
   check_float(grad_cmean, "grad_cmean");

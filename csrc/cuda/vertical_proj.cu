@@ -31,8 +31,8 @@ namespace scstn_vcn {
 namespace cuda {
 namespace {
 
-constexpr int kRowThreads = 256;  // 8 rows (warps) per block
-constexpr int kKChunk = 8;        // k accumulators per thread in the ddelta kernel
+constexpr int kRowThreads = 256;     // 8 rows (warps) per block
+constexpr int kKChunk = 8;           // k accumulators per thread in the ddelta kernel
 constexpr int kMinSplitImages = 16;  // images per ddelta split at least (see the header)
 
 inline int64_t row_blocks(int64_t rows) {
@@ -41,8 +41,8 @@ inline int64_t row_blocks(int64_t rows) {
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kRowThreads)
-    vertical_proj_forward_kernel(const scalar_t* __restrict__ F, const acc_t* __restrict__ delta, scalar_t* __restrict__ f,
-                                 int64_t rows, int C, int H, int K) {
+    vertical_proj_forward_kernel(const scalar_t* __restrict__ F, const acc_t* __restrict__ delta,
+                                 scalar_t* __restrict__ f, int64_t rows, int C, int H, int K) {
   const int lane = threadIdx.x % kWarp;
   const int64_t warps_total = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
   for (int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp; row < rows;
@@ -52,8 +52,7 @@ __global__ void __launch_bounds__(kRowThreads)
     const acc_t* drow = delta + c * K * H;
     for (int k = 0; k < K; ++k) {
       acc_t s = acc_t(0);
-      for (int h = lane; h < H; h += kWarp)
-        s += static_cast<acc_t>(Frow[h]) * drow[static_cast<int64_t>(k) * H + h];
+      for (int h = lane; h < H; h += kWarp) s += static_cast<acc_t>(Frow[h]) * drow[static_cast<int64_t>(k) * H + h];
       s = warp_sum(s);
       if (lane == 0) f[row * K + k] = static_cast<scalar_t>(s);
     }
@@ -136,8 +135,9 @@ void check_F_delta(const at::Tensor& F, const at::Tensor& delta) {
   check_float(delta, "delta");
   check_dim(delta, 3, "delta", "(C, K, H)");
   check_same_device(F, "F", delta, "delta");
-  TORCH_CHECK(delta.size(0) == F.size(1) && delta.size(2) == F.size(2), "delta must have shape (C, K, H) with C = ",
-              F.size(1), " and H = ", F.size(2), " to match F, got ", delta.sizes());
+  TORCH_CHECK(delta.size(0) == F.size(1) && delta.size(2) == F.size(2),
+              "delta must have shape (C, K, H) with C = ", F.size(1), " and H = ", F.size(2), " to match F, got ",
+              delta.sizes());
   check_dtype(delta, compute_type(F.scalar_type()), "delta", "the compute dtype of F");
   TORCH_CHECK(F.size(0) <= INT_MAX && F.size(1) <= INT_MAX && F.size(2) <= INT_MAX && delta.size(1) <= INT_MAX,
               "F and delta: each dimension must fit in int32, got ", F.sizes(), " and ", delta.sizes());
@@ -189,15 +189,16 @@ std::tuple<at::Tensor, at::Tensor> vertical_proj_backward_cuda(const at::Tensor&
     const int64_t splits = ceil_div(B, per_split);
     at::Tensor partial = splits == 1 ? ddelta : at::empty({splits, C, K, H}, dc.options());
     const dim3 grid(static_cast<unsigned>(ceil_div(C * H, threads)), static_cast<unsigned>(splits));
-    vertical_proj_grad_delta_kernel<scalar_t, acc_t><<<grid, threads, 0, stream>>>(
-        g.const_data_ptr<acc_t>(), Fc.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(),
-        static_cast<int>(B), static_cast<int>(C), static_cast<int>(H), static_cast<int>(K),
-        static_cast<int>(per_split));
+    vertical_proj_grad_delta_kernel<scalar_t, acc_t>
+        <<<grid, threads, 0, stream>>>(g.const_data_ptr<acc_t>(), Fc.const_data_ptr<scalar_t>(),
+                                       partial.mutable_data_ptr<acc_t>(), static_cast<int>(B), static_cast<int>(C),
+                                       static_cast<int>(H), static_cast<int>(K), static_cast<int>(per_split));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (splits > 1) {
       const int64_t n = C * K * H;
-      vertical_proj_grad_delta_finish_kernel<acc_t><<<static_cast<unsigned>(ceil_div(n, threads)), threads, 0, stream>>>(
-          partial.const_data_ptr<acc_t>(), ddelta.mutable_data_ptr<acc_t>(), n, static_cast<int>(splits));
+      vertical_proj_grad_delta_finish_kernel<acc_t>
+          <<<static_cast<unsigned>(ceil_div(n, threads)), threads, 0, stream>>>(
+              partial.const_data_ptr<acc_t>(), ddelta.mutable_data_ptr<acc_t>(), n, static_cast<int>(splits));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });

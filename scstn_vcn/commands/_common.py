@@ -14,10 +14,17 @@ from scstn_vcn.engine.errors import UsageError
 
 def add_config_args(parser, config_default=None):
     group = parser.add_argument_group("configuration")
-    group.add_argument("--config", default=config_default,
-                       help="a preset name (see `scstn-vcn train --list-configs`) or a YAML file")
-    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override one config value, e.g. --set optim.lr=3e-4 (repeatable)")
+    group.add_argument(
+        "--config", default=config_default, help="a preset name (see `scstn-vcn train --list-configs`) or a YAML file"
+    )
+    group.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set optim.lr=3e-4 (repeatable)",
+    )
     group.add_argument("--data-root", help="the data set folder (data.root)")
     group.add_argument("--dataset", help="market1501 | dukemtmcreid | msmt17 | synthetic (data.name)")
     group.add_argument("--seed", type=int, help="random seed (train.seed)")
@@ -32,16 +39,24 @@ def add_runtime_args(parser):
     group = parser.add_argument_group("runtime")
     group.add_argument("--device", help="auto | cpu | cuda | cuda:N (train.device)")
     group.add_argument("--amp", choices=("bf16", "fp16", "off"), help="autocast dtype on CUDA (train.amp)")
-    group.add_argument("--fused", action="store_true", default=None,
-                       help="run every op with its fused backend (triton on CUDA, native on the CPU)")
+    group.add_argument(
+        "--fused",
+        action="store_true",
+        default=None,
+        help="run every op with its fused backend (triton on CUDA, native on the CPU)",
+    )
     group.add_argument("--kernels", choices=("triton", "native"), help="with --fused: which fused backend")
     add_traceback_arg(group)
 
 
 def add_inference_args(parser):
     """A trained model applied to image files (extract, search): no data set, no config."""
-    parser.add_argument("--checkpoint", required=True, metavar="PATH",
-                        help="a checkpoint written by train or demo, or a .safetensors model file written by export")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="a checkpoint written by train or demo, or a .safetensors model file written by export",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     add_runtime_args(parser)
@@ -54,9 +69,15 @@ def config_overrides(args, extra=()):
     """--set values then the dedicated flags (which win, being more specific)."""
     overrides = list(getattr(args, "overrides", []) or [])
     pairs = [
-        ("data_root", ["data", "root"]), ("dataset", ["data", "name"]), ("seed", ["train", "seed"]),
-        ("device", ["train", "device"]), ("amp", ["train", "amp"]), ("fused", ["train", "fused"]),
-        ("kernels", ["train", "kernels"]), ("epochs", ["train", "epochs"]), ("batch_size", ["eval", "batch_size"]),
+        ("data_root", ["data", "root"]),
+        ("dataset", ["data", "name"]),
+        ("seed", ["train", "seed"]),
+        ("device", ["train", "device"]),
+        ("amp", ["train", "amp"]),
+        ("fused", ["train", "fused"]),
+        ("kernels", ["train", "kernels"]),
+        ("epochs", ["train", "epochs"]),
+        ("batch_size", ["eval", "batch_size"]),
     ]
     for attr, parts in pairs:
         value = getattr(args, attr, None)
@@ -92,8 +113,10 @@ def load_model_for_inference(args, need_data=True):
     if int(config["train"].get("threads") or 0) > 0:
         torch.set_num_threads(int(config["train"]["threads"]))
     backend = choose_backend(bool(config["train"]["fused"]), config["train"]["kernels"], device)
-    print(f"model {config['model']['backbone']}-{config['model']['variant']} from {source.kind} {args.checkpoint}, "
-          f"device {device}, ops backend {backend!r}")
+    print(
+        f"model {config['model']['backbone']}-{config['model']['variant']} from {source.kind} {args.checkpoint}, "
+        f"device {device}, ops backend {backend!r}"
+    )
     dataset = build_dataset_from_config(config) if need_data else None
     model.to(device).eval()
     return config, model, dataset, device
@@ -111,8 +134,9 @@ def feature_extractor(args):
     if args.kernels is not None and not args.fused:
         raise UsageError(f"--kernels {args.kernels} only applies with --fused (the default runs the eager ops)")
     backend = (args.kernels or ("triton" if device.type == "cuda" else "native")) if args.fused else "eager"
-    extractor = FeatureExtractor(args.checkpoint, device=str(device), backend=backend, batch_size=args.batch_size,
-                                 amp=args.amp or "off")
+    extractor = FeatureExtractor(
+        args.checkpoint, device=str(device), backend=backend, batch_size=args.batch_size, amp=args.amp or "off"
+    )
     print(extractor)
     return extractor
 

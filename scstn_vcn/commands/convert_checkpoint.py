@@ -15,8 +15,11 @@ HELP = "rewrite a version-1 checkpoint in the current, pickle-free format (needs
 def add_arguments(parser):
     parser.add_argument("old", metavar="OLD", help="the version-1 checkpoint")
     parser.add_argument("new", metavar="NEW", help="where to write the converted checkpoint (must not exist)")
-    parser.add_argument("--trust", action="store_true",
-                        help="you trust where OLD came from: it is read with numpy arrays allowed in its pickle")
+    parser.add_argument(
+        "--trust",
+        action="store_true",
+        help="you trust where OLD came from: it is read with numpy arrays allowed in its pickle",
+    )
     add_traceback_arg(parser)
 
 
@@ -24,8 +27,10 @@ def run(args):
     from scstn_vcn.engine.checkpoint import VERSION, convert_v1_checkpoint
 
     if not args.trust:
-        raise UsageError(f"reading {args.old} unpickles numpy arrays, which other commands refuse to do; pass --trust "
-                         f"if you trust where the file came from")
+        raise UsageError(
+            f"reading {args.old} unpickles numpy arrays, which other commands refuse to do; pass --trust "
+            f"if you trust where the file came from"
+        )
     state = convert_v1_checkpoint(args.old, args.new)
     print(f"converted {args.old} (format version 1, epoch {state['epoch']}) to {args.new} (format version {VERSION})")
     return 0

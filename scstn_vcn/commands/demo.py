@@ -56,8 +56,7 @@ def data_digest(root):
 def numerics_fingerprint(config):
     """What the trained numbers depend on besides the data: torch, the CPU kernels it runs, the threads."""
     threads = int(config["train"].get("threads") or 0) or torch.get_num_threads()
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": threads}
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": threads}
 
 
 def add_arguments(parser):
@@ -65,8 +64,12 @@ def add_arguments(parser):
     add_runtime_args(parser)
     parser.add_argument("--output", default="scstn_vcn_demo", help="demo folder (data/, run/, figures/)")
     parser.add_argument("--epochs", type=int, help="train.epochs")
-    parser.add_argument("--num-identities", type=int, default=None,
-                        help="identities to synthesise when the data is absent (default 240: 120 train, 120 test)")
+    parser.add_argument(
+        "--num-identities",
+        type=int,
+        default=None,
+        help="identities to synthesise when the data is absent (default 240: 120 train, 120 test)",
+    )
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
 
@@ -103,18 +106,33 @@ def run(args):
     count, digest = data_digest(config["data"]["root"])
     numerics = numerics_fingerprint(config)
     threads = f"{numerics['threads']} thread" + ("s" if numerics["threads"] != 1 else "")
-    print(f"these numbers repeat for: data {count} images sha256 {digest[:12]}, torch {numerics['torch']}, "
-          f"{numerics['cpu_capability']} CPU kernels, {threads}, device {trainer.device.type}")
-    write_results(os.path.join(run_dir, "results.json"), results,
-                  {"checkpoint": trainer.checkpoint_path, "data_images": count, "data_sha256": digest,
-                   "device": trainer.device.type, **numerics})
+    print(
+        f"these numbers repeat for: data {count} images sha256 {digest[:12]}, torch {numerics['torch']}, "
+        f"{numerics['cpu_capability']} CPU kernels, {threads}, device {trainer.device.type}"
+    )
+    write_results(
+        os.path.join(run_dir, "results.json"),
+        results,
+        {
+            "checkpoint": trainer.checkpoint_path,
+            "data_images": count,
+            "data_sha256": digest,
+            "device": trainer.device.type,
+            **numerics,
+        },
+    )
     if not args.no_figures:
         from scstn_vcn import figures as fig
 
         figures = os.path.join(output, "figures")
         paths = [fig.plot_training_curves(trainer.logger.path, os.path.join(figures, "training_curves.png"))]
         paths += fig.draw_model_figures(
-            unwrap(trainer.model), trainer.dataset, config, trainer.device, figures, ("ranked", "alignment", "heatmap"),
+            unwrap(trainer.model),
+            trainer.dataset,
+            config,
+            trainer.device,
+            figures,
+            ("ranked", "alignment", "heatmap"),
             features=(query, gallery),
         )
         for path in paths:

@@ -14,12 +14,19 @@ HELP = "features to .npz, the inference model to ONNX, or a model file to share 
 
 
 def add_arguments(parser):
-    parser.add_argument("--checkpoint", required=True, metavar="PATH",
-                        help="a checkpoint written by train or demo, or a .safetensors model file")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="a checkpoint written by train or demo, or a .safetensors model file",
+    )
     parser.add_argument("--format", choices=("npz", "onnx", "safetensors"), required=True)
     parser.add_argument("--output", required=True, metavar="PATH")
-    parser.add_argument("--with-classifiers", action="store_true",
-                        help="safetensors: also write the ID classifiers (only training uses them)")
+    parser.add_argument(
+        "--with-classifiers",
+        action="store_true",
+        help="safetensors: also write the ID classifiers (only training uses them)",
+    )
     add_config_args(parser)
     parser.add_argument("--device", help="auto | cpu | cuda")
     add_traceback_arg(parser)
@@ -35,8 +42,10 @@ def run(args):
         source, config, model = inference_config_and_model(args)
         size = exporter.export_model_file(model, config, source, args.output, with_classifiers=args.with_classifiers)
         kept = "with" if args.with_classifiers else "without"
-        print(f"exported the {config['model']['backbone']}-{config['model']['variant']} model from {source.kind} "
-              f"{args.checkpoint} ({kept} ID classifiers, {size / 2**20:.1f} MiB) to {args.output}")
+        print(
+            f"exported the {config['model']['backbone']}-{config['model']['variant']} model from {source.kind} "
+            f"{args.checkpoint} ({kept} ID classifiers, {size / 2**20:.1f} MiB) to {args.output}"
+        )
         return 0
     if args.format == "onnx":
         config, model, _, device = load_model_for_inference(args, need_data=False)

@@ -10,8 +10,12 @@ HELP = "features of image files (a folder, glob or list) to .npz"
 
 def add_arguments(parser):
     add_inference_args(parser)
-    parser.add_argument("--images", required=True, metavar="DIR|GLOB|LIST.txt",
-                        help="a folder (searched recursively), a quoted glob pattern, or a text file with one path a line")
+    parser.add_argument(
+        "--images",
+        required=True,
+        metavar="DIR|GLOB|LIST.txt",
+        help="a folder (searched recursively), a quoted glob pattern, or a text file with one path a line",
+    )
     parser.add_argument("--output", required=True, metavar="NPZ", help="writes paths, global, spatial")
 
 

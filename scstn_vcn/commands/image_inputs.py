@@ -51,8 +51,10 @@ def list_images(spec, argument="--images"):
         what = "paths listed in the file"
     elif os.path.isfile(spec):
         if not _is_image_name(spec):
-            raise ValueError(f"{argument} {spec}: expected a folder, a glob pattern, a .txt list or an image file "
-                             f"({', '.join(IMAGE_EXTENSIONS)})")
+            raise ValueError(
+                f"{argument} {spec}: expected a folder, a glob pattern, a .txt list or an image file "
+                f"({', '.join(IMAGE_EXTENSIONS)})"
+            )
         paths = [spec]
         what = "image"
     elif glob.has_magic(spec):

@@ -28,8 +28,20 @@ from scstn_vcn.engine.errors import UsageError
 NAME = "study"
 HELP = "Table 3's ablations over seeds (and detection-error levels), with tables and figures"
 
-COLUMNS = ("variant", "seed", "detection_error", "feature", "rank1", "rank5", "rank10", "mAP", "mINP",
-           "params", "epochs", "seconds")
+COLUMNS = (
+    "variant",
+    "seed",
+    "detection_error",
+    "feature",
+    "rank1",
+    "rank5",
+    "rank10",
+    "mAP",
+    "mINP",
+    "params",
+    "epochs",
+    "seconds",
+)
 # Settings that change what a run measures: a resumed study must use the same ones.
 SETTING_KEYS = ("config", "overrides", "data_root", "epochs", "num_identities", "test_identities", "fused")
 # The demo's 120 training identities (the default set's) with a 4x larger test split: 480 test
@@ -45,6 +57,7 @@ def default_test_identities(num_identities):
 
 # ----------------------------------------------------------------------------------- arguments
 
+
 def parse_variants(text):
     from scstn_vcn.models import ABLATIONS
 
@@ -53,8 +66,10 @@ def parse_variants(text):
     names = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [n for n in names if n not in ABLATIONS]
     if not names or unknown:
-        raise UsageError(f"--variants: unknown variant(s) {', '.join(unknown) or '(none given)'}; expected all or a "
-                         f"comma-separated list of {', '.join(ABLATIONS)}")
+        raise UsageError(
+            f"--variants: unknown variant(s) {', '.join(unknown) or '(none given)'}; expected all or a "
+            f"comma-separated list of {', '.join(ABLATIONS)}"
+        )
     return [n for n in ABLATIONS if n in names]  # the paper's order, each once
 
 
@@ -77,7 +92,9 @@ def parse_levels(text):
     try:
         levels = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise UsageError(f"--detection-error: expected comma-separated numbers such as 0,0.2,0.4, got {text!r}") from None
+        raise UsageError(
+            f"--detection-error: expected comma-separated numbers such as 0,0.2,0.4, got {text!r}"
+        ) from None
     bad = [lv for lv in levels if not 0.0 <= lv <= MAX_DETECTION_ERROR]
     if not levels or bad:
         raise UsageError(f"--detection-error: levels must be in [0, {MAX_DETECTION_ERROR:g}], got {text!r}")
@@ -93,6 +110,7 @@ def run_name(variant, seed, level):
 
 
 # ----------------------------------------------------------------------------------- results.csv
+
 
 def read_results(path):
     """The complete rows of results.csv (a trailing partial line is dropped, and cut from the file)."""
@@ -136,6 +154,7 @@ def finished_runs(rows):
 
 # ----------------------------------------------------------------------------------- one run
 
+
 def _check_settings(output, settings):
     path = os.path.join(output, "study.json")
     if os.path.exists(path):
@@ -145,8 +164,10 @@ def _check_settings(output, settings):
         changed = [k for k in SETTING_KEYS if (saved.get(k) or None) != (settings.get(k) or None)]
         if changed:
             what = ", ".join(f"{k} {saved.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
-            raise UsageError(f"--output {output}: holds a study with other settings ({what}); "
-                             "use another folder or the same settings")
+            raise UsageError(
+                f"--output {output}: holds a study with other settings ({what}); "
+                "use another folder or the same settings"
+            )
         return
     _write_atomic(path, (json.dumps(settings, indent=1) + "\n").encode())
 
@@ -163,8 +184,14 @@ def _prepare_data(args, output, levels):
         kwargs = {} if level is None else {"detection_error": level}
         # The data's seed stays 0: the study's seeds vary initialisation and batch order only, so
         # every run of a level sees the same images.
-        make_synthetic(root, num_identities=args.num_identities, num_test_identities=args.test_identities, seed=0,
-                       verbose=True, **kwargs)
+        make_synthetic(
+            root,
+            num_identities=args.num_identities,
+            num_test_identities=args.test_identities,
+            seed=0,
+            verbose=True,
+            **kwargs,
+        )
         roots[level] = root
     return roots
 
@@ -173,8 +200,11 @@ def _run_config(args, variant, seed, data_root, run_dir):
     from scstn_vcn.configs import load_config
 
     overrides = list(args.overrides or []) + [
-        (["data", "root"], data_root), (["train", "output"], run_dir), (["model", "ablation"], variant),
-        (["train", "seed"], seed), (["train", "eval_every"], 0),
+        (["data", "root"], data_root),
+        (["train", "output"], run_dir),
+        (["model", "ablation"], variant),
+        (["train", "seed"], seed),
+        (["train", "eval_every"], 0),
     ]
     if args.data_root is None:
         overrides.append((["data", "name"], "synthetic"))
@@ -221,13 +251,21 @@ def run(args):
     if args.test_identities is None:
         args.test_identities = default_test_identities(args.num_identities)
     if args.test_identities % 2 or not 2 <= args.test_identities <= args.num_identities - 2:
-        raise UsageError(f"--test-identities: expected an even number in 2..{args.num_identities - 2} (of "
-                         f"--num-identities {args.num_identities}), got {args.test_identities}")
+        raise UsageError(
+            f"--test-identities: expected an even number in 2..{args.num_identities - 2} (of "
+            f"--num-identities {args.num_identities}), got {args.test_identities}"
+        )
     output = os.path.abspath(args.output)
     os.makedirs(os.path.join(output, "runs"), exist_ok=True)
-    settings = {"config": args.config, "overrides": list(args.overrides or []), "data_root": args.data_root and os.path.abspath(args.data_root),
-                "epochs": args.epochs, "num_identities": None if args.data_root else args.num_identities,
-                "test_identities": None if args.data_root else args.test_identities, "fused": bool(args.fused)}
+    settings = {
+        "config": args.config,
+        "overrides": list(args.overrides or []),
+        "data_root": args.data_root and os.path.abspath(args.data_root),
+        "epochs": args.epochs,
+        "num_identities": None if args.data_root else args.num_identities,
+        "test_identities": None if args.data_root else args.test_identities,
+        "fused": bool(args.fused),
+    }
     _check_settings(output, settings)
     level_list = levels if levels is not None else [None]
     roots = _prepare_data(args, output, level_list)
@@ -236,9 +274,13 @@ def run(args):
     done = finished_runs(read_results(csv_path))
     plan = [(lv, v, s) for lv in level_list for v in variants for s in seeds]
     todo = [p for p in plan if (p[1], p[2], level_text(p[0])) not in done]
-    print(f"study: {len(plan)} runs ({len(variants)} variants x {len(seeds)} seeds"
-          + (f" x {len(level_list)} levels" if levels is not None else "") + f"), {len(plan) - len(todo)} done, "
-          f"{len(todo)} to run; results in {csv_path}", flush=True)
+    print(
+        f"study: {len(plan)} runs ({len(variants)} variants x {len(seeds)} seeds"
+        + (f" x {len(level_list)} levels" if levels is not None else "")
+        + f"), {len(plan) - len(todo)} done, "
+        f"{len(todo)} to run; results in {csv_path}",
+        flush=True,
+    )
     bar = None
     if not args.no_progress and todo:
         from tqdm import tqdm
@@ -255,10 +297,19 @@ def run(args):
             began = time.perf_counter()
             results, params = train_and_evaluate(config, os.path.join(run_dir, "train.log"))
             seconds = round(time.perf_counter() - began, 1)
-            rows = [{"variant": variant, "seed": seed, "detection_error": level_text(level), "feature": feature,
-                     **{m: metrics.get(m, "") for m in ("rank1", "rank5", "rank10", "mAP", "mINP")},
-                     "params": params, "epochs": config["train"]["epochs"], "seconds": seconds}
-                    for feature, metrics in results.items()]
+            rows = [
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "detection_error": level_text(level),
+                    "feature": feature,
+                    **{m: metrics.get(m, "") for m in ("rank1", "rank5", "rank10", "mAP", "mINP")},
+                    "params": params,
+                    "epochs": config["train"]["epochs"],
+                    "seconds": seconds,
+                }
+                for feature, metrics in results.items()
+            ]
             append_rows(csv_path, rows)
             fusion = results.get("fusion") or next(iter(results.values()))
             if bar is not None:
@@ -266,14 +317,21 @@ def run(args):
                 bar.set_postfix_str(f"{name}: rank-1 {fusion['rank1']:.1f}")
             else:
                 left = (time.perf_counter() - start) / (index + 1) * (len(todo) - index - 1)
-                print(f"[{len(plan) - len(todo) + index + 1}/{len(plan)}] {name}: rank-1 {fusion['rank1']:.2f} "
-                      f"mAP {fusion['mAP']:.2f} ({seconds:.0f}s; about {left / 60:.0f} min left)", flush=True)
+                print(
+                    f"[{len(plan) - len(todo) + index + 1}/{len(plan)}] {name}: rank-1 {fusion['rank1']:.2f} "
+                    f"mAP {fusion['mAP']:.2f} ({seconds:.0f}s; about {left / 60:.0f} min left)",
+                    flush=True,
+                )
     finally:
         if bar is not None:
             bar.close()
-    rows = [r for r in read_results(csv_path)
-            if r["variant"] in variants and int(r["seed"]) in seeds
-            and r["detection_error"] in {level_text(lv) for lv in level_list}]
+    rows = [
+        r
+        for r in read_results(csv_path)
+        if r["variant"] in variants
+        and int(r["seed"]) in seeds
+        and r["detection_error"] in {level_text(lv) for lv in level_list}
+    ]
     for path in write_reports(output, rows, variants, seeds, levels, _parameter_counts(args, variants, roots)):
         print(f"wrote {path}")
     return 0
@@ -294,21 +352,37 @@ def _parameter_counts(args, variants, roots):
 def add_arguments(p):
     """The `study` sub-command's arguments."""
     p.add_argument("--config", default="demo", help="a preset or YAML file (default: demo, the CPU recipe)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value for every run (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value for every run (repeatable)",
+    )
     p.add_argument("--data-root", help="a data set folder (default: synthesise the demo's set under OUTPUT/data)")
     p.add_argument("--variants", default="all", help="all, or comma-separated names of scstn_vcn.models.ABLATIONS")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
     p.add_argument("--epochs", type=int, help="train.epochs for every run (default: the config's)")
-    p.add_argument("--num-identities", type=int, default=DEFAULT_IDENTITIES,
-                   help=f"identities to synthesise (default {DEFAULT_IDENTITIES})")
-    p.add_argument("--test-identities", type=int, default=None,
-                   help="how many of them are test identities (even; default 4/5: with 600, the demo's 120 "
-                        "training identities and 4x its test split)")
-    p.add_argument("--detection-error", metavar="L1,L2,...",
-                   help="sweep: one synthetic set per detection-error level (e.g. 0,0.1,0.2,0.3,0.4)")
+    p.add_argument(
+        "--num-identities",
+        type=int,
+        default=DEFAULT_IDENTITIES,
+        help=f"identities to synthesise (default {DEFAULT_IDENTITIES})",
+    )
+    p.add_argument(
+        "--test-identities",
+        type=int,
+        default=None,
+        help="how many of them are test identities (even; default 4/5: with 600, the demo's 120 "
+        "training identities and 4x its test split)",
+    )
+    p.add_argument(
+        "--detection-error",
+        metavar="L1,L2,...",
+        help="sweep: one synthetic set per detection-error level (e.g. 0,0.1,0.2,0.3,0.4)",
+    )
     p.add_argument("--output", required=True, help="study folder (results.csv, runs/, reports)")
     p.add_argument("--fused", action="store_true", help="run every op with its fused backend")
     p.add_argument("--no-progress", action="store_true", help="one line per run instead of a progress bar")
     add_traceback_arg(p)
-

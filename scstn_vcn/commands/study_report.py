@@ -14,11 +14,20 @@ from scstn_vcn.models import ABLATIONS
 
 # Table 3 of the paper: ResNet-50 (O) on Market-1501, (rank-1, mAP) in percent.
 PAPER_TABLE3 = {
-    "baseline": (94.0, 85.3), "spatial_only": (94.9, 86.4), "vcn_no_stn": (95.2, 87.0),
-    "plain_stn": (85.1, 62.4), "stn_no_rotation": (86.9, 70.6), "scstn_eps1": (95.3, 87.6),
-    "scstn_eps_fixed": (95.4, 88.1), "gp_head": (94.1, 86.2), "fc_head": (95.3, 87.2),
-    "vcn_no_hpool": (95.2, 87.1), "vcn_shared": (95.0, 86.5), "mgn_stripes": (95.7, 87.5),
-    "no_rll": (95.8, 87.7), "full": (96.1, 88.6),
+    "baseline": (94.0, 85.3),
+    "spatial_only": (94.9, 86.4),
+    "vcn_no_stn": (95.2, 87.0),
+    "plain_stn": (85.1, 62.4),
+    "stn_no_rotation": (86.9, 70.6),
+    "scstn_eps1": (95.3, 87.6),
+    "scstn_eps_fixed": (95.4, 88.1),
+    "gp_head": (94.1, 86.2),
+    "fc_head": (95.3, 87.2),
+    "vcn_no_hpool": (95.2, 87.1),
+    "vcn_shared": (95.0, 86.5),
+    "mgn_stripes": (95.7, 87.5),
+    "no_rll": (95.8, 87.7),
+    "full": (96.1, 88.6),
 }
 
 # The orderings the paper draws from Table 3: (group, better, worse, strict). strict=False is "at
@@ -92,23 +101,33 @@ def verdict(mean, std, holds, n):
 
 def _table3_markdown(data, variants, seeds, params):
     base_params = params.get("baseline")
-    lines = [f"# Table 3 ablations: ours (mean ± std over seeds {', '.join(map(str, seeds))}) and the paper "
-             "(ResNet-50 (O), Market-1501)", "",
-             "| row | variant | feature | paper rank-1 | paper mAP | rank-1 | mAP | seeds | params added |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Table 3 ablations: ours (mean ± std over seeds {', '.join(map(str, seeds))}) and the paper "
+        "(ResNet-50 (O), Market-1501)",
+        "",
+        "| row | variant | feature | paper rank-1 | paper mAP | rank-1 | mAP | seeds | params added |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for v in variants:
         seeds_v = data.get(v, {})
         paper = PAPER_TABLE3.get(v, (float("nan"),) * 2)
         added = f"{params[v] - base_params:+,}" if base_params is not None and v in params else "n/a"
-        lines.append(f"| {ABLATIONS[v].row} | {v} | {row_feature(v)} | {paper[0]:.1f} | {paper[1]:.1f} | "
-                     f"{fmt(s['rank1'] for s in seeds_v.values())} | {fmt(s['mAP'] for s in seeds_v.values())} | "
-                     f"{len(seeds_v)} | {added} |")
-    lines += ["", "## The paper's orderings, seed by seed", "",
-              "Differences are ours (better − worse, percentage points), paired by seed: mean ± std over the "
-              "seeds, and in how many seeds the ordering holds. \"holds\": in every seed and the mean exceeds "
-              "the spread; \"reversed\": in no seed; otherwise \"within noise\".", "",
-              "| claim | better | worse | paper Δ rank-1 / mAP | Δ rank-1 | holds | Δ mAP | holds | verdict (rank-1 / mAP) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {ABLATIONS[v].row} | {v} | {row_feature(v)} | {paper[0]:.1f} | {paper[1]:.1f} | "
+            f"{fmt(s['rank1'] for s in seeds_v.values())} | {fmt(s['mAP'] for s in seeds_v.values())} | "
+            f"{len(seeds_v)} | {added} |"
+        )
+    lines += [
+        "",
+        "## The paper's orderings, seed by seed",
+        "",
+        "Differences are ours (better − worse, percentage points), paired by seed: mean ± std over the "
+        'seeds, and in how many seeds the ordering holds. "holds": in every seed and the mean exceeds '
+        'the spread; "reversed": in no seed; otherwise "within noise".',
+        "",
+        "| claim | better | worse | paper Δ rank-1 / mAP | Δ rank-1 | holds | Δ mAP | holds | verdict (rank-1 / mAP) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for group, better, worse, strict in ORDERINGS:
         cells, verdicts = [], []
         for metric, _ in METRICS:
@@ -122,32 +141,45 @@ def _table3_markdown(data, variants, seeds, params):
             continue
         pb, pw = PAPER_TABLE3[better], PAPER_TABLE3[worse]
         op = ">" if strict else "≥"
-        lines.append(f"| {group} | {better} {op} | {worse} | {pb[0] - pw[0]:+.1f} / {pb[1] - pw[1]:+.1f} | "
-                     + " | ".join(cells) + f" | {' / '.join(verdicts)} |")
+        lines.append(
+            f"| {group} | {better} {op} | {worse} | {pb[0] - pw[0]:+.1f} / {pb[1] - pw[1]:+.1f} | "
+            + " | ".join(cells)
+            + f" | {' / '.join(verdicts)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _misalignment_markdown(rows, variants, seeds, levels):
-    lines = [f"# Rank-1 / mAP against detection error (mean ± std over seeds {', '.join(map(str, seeds))})", "",
-             "Level E: person scale drawn from [1 − E, 1 + E], shifted by up to 0.4 E of the box height and "
-             "0.48 E of its width (the default set is E = 0.25).", "",
-             "| variant | feature | " + " | ".join(f"E = {lv:g}" for lv in levels) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in levels) + " |"]
+    lines = [
+        f"# Rank-1 / mAP against detection error (mean ± std over seeds {', '.join(map(str, seeds))})",
+        "",
+        "Level E: person scale drawn from [1 − E, 1 + E], shifted by up to 0.4 E of the box height and "
+        "0.48 E of its width (the default set is E = 0.25).",
+        "",
+        "| variant | feature | " + " | ".join(f"E = {lv:g}" for lv in levels) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in levels) + " |",
+    ]
     per_level = {lv: collect(rows, f"{lv:g}") for lv in levels}
     for metric, label in METRICS:
         for v in variants:
             cells = [fmt(s[metric] for s in per_level[lv].get(v, {}).values()) for lv in levels]
             lines.append(f"| {v} ({label}) | {row_feature(v)} | " + " | ".join(cells) + " |")
     pairs = [("full", "vcn_no_stn"), ("full", "plain_stn"), ("vcn_no_stn", "baseline")]
-    lines += ["", "Paired gaps (percentage points, better − worse, mean ± std over seeds, seeds where > 0):", "",
-              "| gap | " + " | ".join(f"E = {lv:g}" for lv in levels) + " |",
-              "| --- | " + " | ".join("---" for _ in levels) + " |"]
+    lines += [
+        "",
+        "Paired gaps (percentage points, better − worse, mean ± std over seeds, seeds where > 0):",
+        "",
+        "| gap | " + " | ".join(f"E = {lv:g}" for lv in levels) + " |",
+        "| --- | " + " | ".join("---" for _ in levels) + " |",
+    ]
     for better, worse in pairs:
         for metric, label in METRICS:
             cells = []
             for lv in levels:
                 result = paired(per_level[lv], better, worse, metric, True)
-                cells.append("n/a" if result is None else f"{result[0]:+.2f} ± {result[1]:.2f} ({result[2]}/{result[3]})")
+                cells.append(
+                    "n/a" if result is None else f"{result[0]:+.2f} ± {result[1]:.2f} ({result[2]}/{result[3]})"
+                )
             if any(c != "n/a" for c in cells):
                 lines.append(f"| {better} − {worse} ({label}) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -171,10 +203,20 @@ def _table3_figure(data, variants, path):
     x = np.arange(len(variants))
     for ax, (metric, label) in zip(axes[0], METRICS):
         stats = [mean_std(s[metric] for s in data.get(v, {}).values()) for v in variants]
-        ax.bar(x, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, color="tab:blue", label="ours (mean ± std)")
-        ax.plot(x, [PAPER_TABLE3[v][0 if metric == "rank1" else 1] for v in variants], "k_", markersize=14,
-                markeredgewidth=2, label="paper (Market-1501)")
-        finite = [m - s for m, s in stats if m == m] + [PAPER_TABLE3[v][0 if metric == "rank1" else 1] for v in variants]
+        ax.bar(
+            x, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, color="tab:blue", label="ours (mean ± std)"
+        )
+        ax.plot(
+            x,
+            [PAPER_TABLE3[v][0 if metric == "rank1" else 1] for v in variants],
+            "k_",
+            markersize=14,
+            markeredgewidth=2,
+            label="paper (Market-1501)",
+        )
+        finite = [m - s for m, s in stats if m == m] + [
+            PAPER_TABLE3[v][0 if metric == "rank1" else 1] for v in variants
+        ]
         ax.set_ylim(max(0, min(finite) - 5), 100)
         ax.set_xticks(x)
         ax.set_xticklabels(variants, rotation=60, ha="right", fontsize=8)
@@ -199,8 +241,14 @@ def _misalignment_figure(rows, variants, levels, path):
             pts = [(lv, *mean_std(s[metric] for s in per_level[lv].get(v, {}).values())) for lv in levels]
             pts = [p for p in pts if p[1] == p[1]]
             if pts:
-                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                            label=f"{v} ({row_feature(v)})")
+                ax.errorbar(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    yerr=[p[2] for p in pts],
+                    marker="o",
+                    capsize=3,
+                    label=f"{v} ({row_feature(v)})",
+                )
         ax.set_xlabel("detection error E")
         ax.set_ylabel(f"{label} (%)")
         ax.set_title(label)

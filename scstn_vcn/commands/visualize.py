@@ -11,13 +11,22 @@ HELP = "ranked lists, SC-STN alignment, heat maps, training curves (PNG)"
 
 
 def add_arguments(parser):
-    parser.add_argument("--checkpoint", metavar="PATH", help="a training checkpoint or .safetensors model file (ranked/alignment/heatmap)")
+    parser.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="a training checkpoint or .safetensors model file (ranked/alignment/heatmap)",
+    )
     add_config_args(parser)
     parser.add_argument("--device", help="auto | cpu | cuda")
     add_traceback_arg(parser)
-    parser.add_argument("--log", metavar="CSV", help="training log for the curves (default: log.csv beside the checkpoint)")
-    parser.add_argument("--what", default="curves,ranked,alignment,heatmap",
-                        help="comma-separated figures: curves, ranked, alignment, heatmap")
+    parser.add_argument(
+        "--log", metavar="CSV", help="training log for the curves (default: log.csv beside the checkpoint)"
+    )
+    parser.add_argument(
+        "--what",
+        default="curves,ranked,alignment,heatmap",
+        help="comma-separated figures: curves, ranked, alignment, heatmap",
+    )
     parser.add_argument("--output", default="figures", help="folder for the PNG files")
     parser.add_argument("--num-queries", type=int, default=4)
     parser.add_argument("--topk", type=int, default=10)
@@ -29,7 +38,9 @@ def run(args):
     wanted = [w.strip() for w in args.what.split(",") if w.strip()]
     unknown = set(wanted) - set(figures.FIGURES)
     if unknown:
-        raise UsageError(f"--what: unknown figure(s) {', '.join(sorted(unknown))}; expected {', '.join(figures.FIGURES)}")
+        raise UsageError(
+            f"--what: unknown figure(s) {', '.join(sorted(unknown))}; expected {', '.join(figures.FIGURES)}"
+        )
     written = []
     if "curves" in wanted:
         log = args.log
@@ -43,8 +54,9 @@ def run(args):
         if not args.checkpoint:
             raise UsageError(f"--what {','.join(model_figures)} needs --checkpoint")
         config, model, dataset, device = load_model_for_inference(args)
-        written += figures.draw_model_figures(model, dataset, config, device, args.output, model_figures,
-                                              num_queries=args.num_queries, topk=args.topk)
+        written += figures.draw_model_figures(
+            model, dataset, config, device, args.output, model_figures, num_queries=args.num_queries, topk=args.topk
+        )
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -150,7 +150,7 @@ def merge_raw(base, update):
 
 
 def parse_override(text):
-    """"section.key=value" -> (["section", "key"], parsed value)."""
+    """ "section.key=value" -> (["section", "key"], parsed value)."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. optim.lr=3e-4")
     key, raw = text.split("=", 1)
@@ -223,16 +223,24 @@ def validate(config):
     if pretrained is not None and not isinstance(pretrained, (str, os.PathLike)):
         raise ConfigError(f"model.pretrained must be imagenet, imagenet-v2, a file path or null, got {pretrained!r}")
     if pretrained in ("imagenet", "imagenet-v2") and model["backbone"] not in ("resnet18", "resnet34", "resnet50"):
-        raise ConfigError(f"model.pretrained={pretrained}: the {model['backbone']!r} backbone has no ImageNet weights; "
-                          f"set model.pretrained=null to train it from scratch")
+        raise ConfigError(
+            f"model.pretrained={pretrained}: the {model['backbone']!r} backbone has no ImageNet weights; "
+            f"set model.pretrained=null to train it from scratch"
+        )
     if train["amp"] is False:  # YAML 1.1 reads an unquoted `off` as false
         train["amp"] = "off"
     if train["amp"] not in ("bf16", "fp16", "off"):
         raise ConfigError(f"train.amp must be bf16, fp16 or off, got {train['amp']!r}")
     if train["kernels"] not in (None, "triton", "native"):
         raise ConfigError(f"train.kernels must be triton, native or null, got {train['kernels']!r}")
-    for section, key in (("data", "height"), ("data", "width"), ("data", "num_identities"),
-                         ("data", "num_instances"), ("train", "epochs"), ("optim", "step_size")):
+    for section, key in (
+        ("data", "height"),
+        ("data", "width"),
+        ("data", "num_identities"),
+        ("data", "num_instances"),
+        ("train", "epochs"),
+        ("optim", "step_size"),
+    ):
         value = config[section][key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{section}.{key} must be a positive integer, got {value!r}")
@@ -267,8 +275,9 @@ def validate_eval(section):
             raise ConfigError(f"eval.{key} must be true or false, got {section[key]!r}")
     k2 = section["rerank_k2"]
     if not _is_int(k2) or not 1 <= k2 <= section["rerank_k1"] + 1:
-        raise ConfigError(f"eval.rerank_k2 must be an integer from 1 to eval.rerank_k1 + 1 = "
-                          f"{section['rerank_k1'] + 1}, got {k2!r}")
+        raise ConfigError(
+            f"eval.rerank_k2 must be an integer from 1 to eval.rerank_k1 + 1 = {section['rerank_k1'] + 1}, got {k2!r}"
+        )
     lam = section["rerank_lambda"]
     if not _is_number(lam) or not 0 <= lam <= 1:
         raise ConfigError(f"eval.rerank_lambda must be a number in [0, 1], got {lam!r}")

@@ -12,7 +12,22 @@ from .synthetic import SyntheticReID, make_synthetic, read_marker
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
 __all__ = [
-    "Item", "ReIDDataset", "DATASETS", "build_dataset", "Market1501", "DukeMTMCreID", "MSMT17", "SyntheticReID",
-    "ImageDataset", "read_image", "build_train_loader", "build_eval_loaders", "PKBatchSampler", "make_synthetic",
-    "read_marker", "build_transforms", "IMAGENET_MEAN", "IMAGENET_STD",
+    "Item",
+    "ReIDDataset",
+    "DATASETS",
+    "build_dataset",
+    "Market1501",
+    "DukeMTMCreID",
+    "MSMT17",
+    "SyntheticReID",
+    "ImageDataset",
+    "read_image",
+    "build_train_loader",
+    "build_eval_loaders",
+    "PKBatchSampler",
+    "make_synthetic",
+    "read_marker",
+    "build_transforms",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
 ]

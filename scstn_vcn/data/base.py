@@ -32,12 +32,15 @@ def resolve_root(root: str | Path, folder_names: Sequence[str], required: Sequen
     """
     root = Path(root).expanduser()
     if not root.exists():
-        raise FileNotFoundError(f"{dataset}: root {root} does not exist (expected a folder holding "
-                                f"{', '.join(required)}, or a parent of one named {' / '.join(folder_names)})")
+        raise FileNotFoundError(
+            f"{dataset}: root {root} does not exist (expected a folder holding "
+            f"{', '.join(required)}, or a parent of one named {' / '.join(folder_names)})"
+        )
     candidates = [root] + [root / name for name in folder_names]
     for candidate in candidates:
         if candidate.is_dir() and all((candidate / entry).exists() for entry in required):
             return candidate
+
     def state(c: Path) -> str:
         if c.is_dir():
             missing = [entry for entry in required if not (c / entry).exists()]
@@ -83,11 +86,22 @@ class ReIDDataset:
 
     def summary(self) -> str:
         def row(split: str, items: list[Item]) -> str:
-            return (f"  {split:<8} {len({i.pid for i in items}):>6} ids {len(items):>7} images "
-                    f"{len({i.camid for i in items}):>3} cameras")
-        return "\n".join([f"{self.name} at {self.root}", row("train", self.train), row("query", self.query),
-                          row("gallery", self.gallery)])
+            return (
+                f"  {split:<8} {len({i.pid for i in items}):>6} ids {len(items):>7} images "
+                f"{len({i.camid for i in items}):>3} cameras"
+            )
+
+        return "\n".join(
+            [
+                f"{self.name} at {self.root}",
+                row("train", self.train),
+                row("query", self.query),
+                row("gallery", self.gallery),
+            ]
+        )
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(root={str(self.root)!r}, train={len(self.train)}, query={len(self.query)}, "
-                f"gallery={len(self.gallery)}, num_train_pids={self.num_train_pids})")
+        return (
+            f"{type(self).__name__}(root={str(self.root)!r}, train={len(self.train)}, query={len(self.query)}, "
+            f"gallery={len(self.gallery)}, num_train_pids={self.num_train_pids})"
+        )

@@ -22,8 +22,10 @@ def parse_name(path: Path) -> tuple[int, int]:
     """(pid, 0-based camid) from a Market-style file name; ValueError naming the file otherwise."""
     match = NAME_PATTERN.search(path.name)
     if match is None:
-        raise ValueError(f"cannot parse identity and camera from file name {path} "
-                         f"(expected a name like 0002_c1s1_000451_00.jpg matching {NAME_PATTERN.pattern!r})")
+        raise ValueError(
+            f"cannot parse identity and camera from file name {path} "
+            f"(expected a name like 0002_c1s1_000451_00.jpg matching {NAME_PATTERN.pattern!r})"
+        )
     pid, cam = int(match.group(1)), int(match.group(2))
     if cam < 1:
         raise ValueError(f"camera index in {path} is {cam}; expected 1-based cameras (c1, c2, ...)")

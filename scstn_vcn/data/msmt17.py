@@ -26,8 +26,10 @@ LISTS = ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")
 def camid_from_name(path: Path, list_file: Path, line_no: int) -> int:
     fields = path.stem.split("_")
     if len(fields) < 3 or not fields[2].isdigit() or int(fields[2]) < 1:
-        raise ValueError(f"{list_file}:{line_no}: cannot parse the camera from file name {path.name} "
-                         "(expected <pid>_<index>_<camera 01..15>_..., e.g. 0000_000_01_0303morning_0015_0.jpg)")
+        raise ValueError(
+            f"{list_file}:{line_no}: cannot parse the camera from file name {path.name} "
+            "(expected <pid>_<index>_<camera 01..15>_..., e.g. 0000_000_01_0303morning_0015_0.jpg)"
+        )
     return int(fields[2]) - 1
 
 

@@ -31,8 +31,16 @@ def _pid_of(item) -> int:
 class PKBatchSampler(Sampler[list[int]]):
     """Yields lists of ``num_identities * num_instances`` dataset indices for this rank."""
 
-    def __init__(self, items: Sequence, num_identities: int = 16, num_instances: int = 6, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = True):
+    def __init__(
+        self,
+        items: Sequence,
+        num_identities: int = 16,
+        num_instances: int = 6,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+    ):
         if num_identities < 1 or num_instances < 1:
             raise ValueError(f"num_identities and num_instances must be >= 1, got {num_identities}, {num_instances}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -47,8 +55,10 @@ class PKBatchSampler(Sampler[list[int]]):
         self.epoch = 0
         per_step = self.P * self.world_size
         if len(self.pids) < per_step:
-            raise ValueError(f"P x K sampling needs at least num_identities * world_size = {self.P} * "
-                             f"{self.world_size} = {per_step} identities, the training set has {len(self.pids)}")
+            raise ValueError(
+                f"P x K sampling needs at least num_identities * world_size = {self.P} * "
+                f"{self.world_size} = {per_step} identities, the training set has {len(self.pids)}"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -62,7 +72,7 @@ class PKBatchSampler(Sampler[list[int]]):
         """The identities of every global step (each an array of P * world_size distinct pids)."""
         per_step = self.P * self.world_size
         order = np.asarray(self.pids)[rng.permutation(len(self.pids))]
-        steps = [order[i:i + per_step] for i in range(0, len(order), per_step)]
+        steps = [order[i : i + per_step] for i in range(0, len(order), per_step)]
         if len(steps[-1]) < per_step:
             if self.drop_last:
                 steps.pop()
@@ -79,7 +89,7 @@ class PKBatchSampler(Sampler[list[int]]):
         image_rng = np.random.default_rng([self.seed, self.epoch, self.rank, 1])
         for step in steps:
             batch = []
-            for pid in step[self.rank * self.P:(self.rank + 1) * self.P]:
+            for pid in step[self.rank * self.P : (self.rank + 1) * self.P]:
                 batch.extend(self._draw(image_rng, self.index_of[int(pid)]))
             yield batch
 

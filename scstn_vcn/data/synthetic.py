@@ -111,12 +111,27 @@ def read_marker(root: str | Path) -> dict | None:
         return None
 
 
-def make_synthetic(root: str | Path, num_identities: int = 240, seed: int = 0, *, train_fraction: float = 0.5,
-                   images_per_identity: int = 12, gallery_per_identity: int = 10, query_per_identity: int = 2,
-                   num_cameras: int = 6, num_distractors: int = 100, num_junk: int = 40, height: int = 128,
-                   width: int = 64, jpeg_quality: int = 90, num_test_identities: int | None = None,
-                   detection_error: float = DEFAULT_DETECTION_ERROR, overwrite: bool = False, workers: int = 0,
-                   verbose: bool = False) -> Path:
+def make_synthetic(
+    root: str | Path,
+    num_identities: int = 240,
+    seed: int = 0,
+    *,
+    train_fraction: float = 0.5,
+    images_per_identity: int = 12,
+    gallery_per_identity: int = 10,
+    query_per_identity: int = 2,
+    num_cameras: int = 6,
+    num_distractors: int = 100,
+    num_junk: int = 40,
+    height: int = 128,
+    width: int = 64,
+    jpeg_quality: int = 90,
+    num_test_identities: int | None = None,
+    detection_error: float = DEFAULT_DETECTION_ERROR,
+    overwrite: bool = False,
+    workers: int = 0,
+    verbose: bool = False,
+) -> Path:
     """Write a synthetic ReID set to ``root`` (the data set folder itself) and return ``root``.
 
     Parameters:
@@ -146,15 +161,22 @@ def make_synthetic(root: str | Path, num_identities: int = 240, seed: int = 0, *
     if not 2 <= num_cameras <= 9:
         raise ValueError(f"num_cameras must be in 2..9 (one digit in Market names), got {num_cameras}")
     if num_identities < 4:
-        raise ValueError("num_identities must be >= 4 (two swap pairs: one for train, one for test), "
-                         f"got {num_identities}")
+        raise ValueError(
+            f"num_identities must be >= 4 (two swap pairs: one for train, one for test), got {num_identities}"
+        )
     if not 1 <= query_per_identity <= num_cameras or gallery_per_identity < 2 or images_per_identity < 1:
-        raise ValueError("need 1 <= query_per_identity <= num_cameras, gallery_per_identity >= 2 and "
-                         f"images_per_identity >= 1, got {query_per_identity}, {gallery_per_identity}, "
-                         f"{images_per_identity}")
-    if num_test_identities is not None and (num_test_identities % 2 or not 2 <= num_test_identities <= num_identities - 2):
-        raise ValueError("num_test_identities must be even and leave at least two training identities "
-                         f"(2..{num_identities - 2} of num_identities={num_identities}), got {num_test_identities}")
+        raise ValueError(
+            "need 1 <= query_per_identity <= num_cameras, gallery_per_identity >= 2 and "
+            f"images_per_identity >= 1, got {query_per_identity}, {gallery_per_identity}, "
+            f"{images_per_identity}"
+        )
+    if num_test_identities is not None and (
+        num_test_identities % 2 or not 2 <= num_test_identities <= num_identities - 2
+    ):
+        raise ValueError(
+            "num_test_identities must be even and leave at least two training identities "
+            f"(2..{num_identities - 2} of num_identities={num_identities}), got {num_test_identities}"
+        )
     detection_error_box(detection_error)  # checks the range
     extra = {}
     # The new knobs enter the marker only when used, so the default set keeps its bytes.
@@ -162,16 +184,30 @@ def make_synthetic(root: str | Path, num_identities: int = 240, seed: int = 0, *
         extra["num_test_identities"] = int(num_test_identities)
     if float(detection_error) != DEFAULT_DETECTION_ERROR:
         extra["detection_error"] = float(detection_error)
-    params = _params(num_identities=num_identities, seed=seed, train_fraction=train_fraction,
-                     images_per_identity=images_per_identity, gallery_per_identity=gallery_per_identity,
-                     query_per_identity=query_per_identity, num_cameras=num_cameras,
-                     num_distractors=num_distractors, num_junk=num_junk, height=height, width=width,
-                     jpeg_quality=jpeg_quality, **extra)
+    params = _params(
+        num_identities=num_identities,
+        seed=seed,
+        train_fraction=train_fraction,
+        images_per_identity=images_per_identity,
+        gallery_per_identity=gallery_per_identity,
+        query_per_identity=query_per_identity,
+        num_cameras=num_cameras,
+        num_distractors=num_distractors,
+        num_junk=num_junk,
+        height=height,
+        width=width,
+        jpeg_quality=jpeg_quality,
+        **extra,
+    )
     root = Path(root).expanduser().absolute()  # absolute: the temp folder goes beside it, even for '.'
     if root.exists():
         marker = read_marker(root)
-        if marker is not None and marker.get("version") == FORMAT_VERSION and marker.get("params") == params \
-                and not overwrite:
+        if (
+            marker is not None
+            and marker.get("version") == FORMAT_VERSION
+            and marker.get("params") == params
+            and not overwrite
+        ):
             if verbose:
                 print(f"{root} already holds this synthetic set (same parameters); reusing it")
             return root
@@ -179,8 +215,10 @@ def make_synthetic(root: str | Path, num_identities: int = 240, seed: int = 0, *
             raise FileExistsError(f"{root} exists and is not a folder; expected a folder for the synthetic set")
         if any(root.iterdir()) and not overwrite:
             why = "holds a synthetic set with other parameters" if marker else f"is not a synthetic set (no {MARKER})"
-            raise FileExistsError(f"{root} is not empty and {why}; pass overwrite=True (--overwrite) to replace it "
-                                  "or choose another folder")
+            raise FileExistsError(
+                f"{root} is not empty and {why}; pass overwrite=True (--overwrite) to replace it "
+                "or choose another folder"
+            )
     start = time.perf_counter()
     tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
     if tmp.exists():
@@ -188,12 +226,17 @@ def make_synthetic(root: str | Path, num_identities: int = 240, seed: int = 0, *
     try:
         info = _write(tmp, params, workers)
         # The marker goes last: its presence means the set is complete.
-        (tmp / MARKER).write_text(json.dumps({"format": "scstn-vcn-synthetic", "version": FORMAT_VERSION,
-                                              "params": params, **info}, indent=1))
+        (tmp / MARKER).write_text(
+            json.dumps({"format": "scstn-vcn-synthetic", "version": FORMAT_VERSION, "params": params, **info}, indent=1)
+        )
         if root.exists():
             marker = read_marker(root)
-            if marker is not None and marker.get("params") == params and marker.get("version") == FORMAT_VERSION \
-                    and not overwrite:
+            if (
+                marker is not None
+                and marker.get("params") == params
+                and marker.get("version") == FORMAT_VERSION
+                and not overwrite
+            ):
                 shutil.rmtree(tmp)  # another process finished the same set meanwhile: keep theirs
                 return root
             if any(root.iterdir()) and not overwrite:  # something else appeared there meanwhile

@@ -28,11 +28,25 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 # Well separated, saturated and neutral colours (RGB) for clothes.
-PALETTE = np.array([
-    (200, 30, 30), (30, 150, 40), (30, 60, 200), (230, 200, 30), (240, 240, 240), (25, 25, 25),
-    (130, 130, 130), (230, 120, 20), (140, 40, 160), (30, 190, 200), (120, 70, 30), (240, 140, 180),
-    (20, 40, 90), (150, 190, 60),
-], dtype=np.float32)
+PALETTE = np.array(
+    [
+        (200, 30, 30),
+        (30, 150, 40),
+        (30, 60, 200),
+        (230, 200, 30),
+        (240, 240, 240),
+        (25, 25, 25),
+        (130, 130, 130),
+        (230, 120, 20),
+        (140, 40, 160),
+        (30, 190, 200),
+        (120, 70, 30),
+        (240, 140, 180),
+        (20, 40, 90),
+        (150, 190, 60),
+    ],
+    dtype=np.float32,
+)
 SKIN = np.array([(240, 200, 170), (200, 150, 110), (150, 100, 70), (90, 60, 40)], dtype=np.float32)
 HAIR = np.array([(20, 15, 10), (90, 60, 30), (200, 170, 90), (140, 140, 140)], dtype=np.float32)
 TEXTURES = ("plain", "hstripes", "vstripes", "checks", "dots")
@@ -64,8 +78,8 @@ def detection_error_box(level: float) -> tuple[tuple[float, float], tuple[float,
 
 @dataclass(frozen=True)
 class Garment:
-    colour: int       # index into PALETTE
-    second: int       # second colour of the texture (unused for "plain")
+    colour: int  # index into PALETTE
+    second: int  # second colour of the texture (unused for "plain")
     texture: str
 
 
@@ -75,11 +89,11 @@ class Look:
 
     upper: Garment
     lower: Garment
-    shoes: int        # PALETTE index
-    skin: int         # SKIN index
-    hair: int         # HAIR index
-    bag: str | None   # None, "backpack" or "handbag"
-    bag_colour: int   # PALETTE index
+    shoes: int  # PALETTE index
+    skin: int  # SKIN index
+    hair: int  # HAIR index
+    bag: str | None  # None, "backpack" or "handbag"
+    bag_colour: int  # PALETTE index
     width_scale: float
 
     def swapped(self) -> Look:
@@ -96,9 +110,16 @@ def random_look(rng: np.random.Generator) -> Look:
     lower = garment()
     while lower.colour == upper.colour:  # a swap must change something visible
         lower = garment()
-    return Look(upper, lower, int(rng.integers(len(PALETTE))), int(rng.integers(len(SKIN))),
-                int(rng.integers(len(HAIR))), BAGS[int(rng.integers(len(BAGS)))], int(rng.integers(len(PALETTE))),
-                float(rng.uniform(0.9, 1.1)))
+    return Look(
+        upper,
+        lower,
+        int(rng.integers(len(PALETTE))),
+        int(rng.integers(len(SKIN))),
+        int(rng.integers(len(HAIR))),
+        BAGS[int(rng.integers(len(BAGS)))],
+        int(rng.integers(len(PALETTE))),
+        float(rng.uniform(0.9, 1.1)),
+    )
 
 
 def _texture(garment: Garment, shape: tuple[int, int], period: float, phase: tuple[int, int]) -> np.ndarray:
@@ -182,19 +203,24 @@ def draw_person(canvas: Canvas, look: Look, view: str, mirror: bool) -> None:
 @dataclass(frozen=True)
 class Camera:
     gain: tuple[float, float, float]  # colour cast
-    brightness: float                 # additive, in 0..255 units
-    blur: float                       # Gaussian blur radius in pixels
-    noise: float                      # Gaussian noise std
+    brightness: float  # additive, in 0..255 units
+    blur: float  # Gaussian blur radius in pixels
+    noise: float  # Gaussian noise std
     background: tuple[tuple[float, float, float], tuple[float, float, float]]  # top / bottom colours
-    clutter: int                      # number of clutter rectangles
+    clutter: int  # number of clutter rectangles
 
 
 def random_camera(rng: np.random.Generator) -> Camera:
     top = rng.uniform(60, 200, size=3)
     bottom = np.clip(top + rng.uniform(-60, 60, size=3), 0, 255)
-    return Camera(tuple(rng.uniform(0.8, 1.2, size=3).round(3)), float(rng.uniform(-25, 25)),
-                  float(rng.uniform(0.0, 1.2)), float(rng.uniform(2, 6)),
-                  (tuple(top.round(1)), tuple(bottom.round(1))), int(rng.integers(2, 8)))
+    return Camera(
+        tuple(rng.uniform(0.8, 1.2, size=3).round(3)),
+        float(rng.uniform(-25, 25)),
+        float(rng.uniform(0.0, 1.2)),
+        float(rng.uniform(2, 6)),
+        (tuple(top.round(1)), tuple(bottom.round(1))),
+        int(rng.integers(2, 8)),
+    )
 
 
 def background(rng: np.random.Generator, camera: Camera, height: int, width: int) -> np.ndarray:
@@ -205,13 +231,21 @@ def background(rng: np.random.Generator, camera: Camera, height: int, width: int
     for _ in range(int(rng.integers(0, camera.clutter + 1))):
         h, w = int(rng.integers(4, height // 2)), int(rng.integers(3, width // 2))
         y, x = int(rng.integers(0, height - h)), int(rng.integers(0, width - w))
-        img[y:y + h, x:x + w] = 0.5 * img[y:y + h, x:x + w] + 0.5 * rng.uniform(40, 220, size=3)
+        img[y : y + h, x : x + w] = 0.5 * img[y : y + h, x : x + w] + 0.5 * rng.uniform(40, 220, size=3)
     return img
 
 
-def render(rng: np.random.Generator, look: Look | None, camera: Camera, height: int = 128, width: int = 64,
-           view: str | None = None, scale_range=(0.75, 1.25), shift=(0.10, 0.12),
-           clean: bool = False) -> np.ndarray:
+def render(
+    rng: np.random.Generator,
+    look: Look | None,
+    camera: Camera,
+    height: int = 128,
+    width: int = 64,
+    view: str | None = None,
+    scale_range=(0.75, 1.25),
+    shift=(0.10, 0.12),
+    clean: bool = False,
+) -> np.ndarray:
     """One (height, width, 3) uint8 image of ``look`` (None: background only) seen by ``camera``.
 
     ``shift`` is the largest displacement (fraction of height, of width) of the person inside the box.
@@ -233,6 +267,6 @@ def render(rng: np.random.Generator, look: Look | None, camera: Camera, height: 
     if camera.blur > 0.05:
         out = out.filter(ImageFilter.GaussianBlur(camera.blur))
     # Sensor noise with std camera.noise; uniform rather than Gaussian because it is 5x cheaper to draw.
-    noise = (rng.random((height, width, 3), dtype=np.float32) - 0.5) * (camera.noise * 12 ** 0.5)
+    noise = (rng.random((height, width, 3), dtype=np.float32) - 0.5) * (camera.noise * 12**0.5)
     img = np.asarray(out, np.float32) + noise
     return np.clip(img, 0, 255).round().astype(np.uint8)

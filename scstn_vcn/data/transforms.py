@@ -16,9 +16,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_transforms(height: int, width: int, is_train: bool, flip_p: float = 0.5, pad: int = 10,
-                     erasing_p: float = 0.5, mean: Sequence[float] = IMAGENET_MEAN,
-                     std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+def build_transforms(
+    height: int,
+    width: int,
+    is_train: bool,
+    flip_p: float = 0.5,
+    pad: int = 10,
+    erasing_p: float = 0.5,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
     """A PIL image -> normalised float tensor (3, height, width) pipeline."""
     steps = [v2.ToImage(), v2.Resize((height, width), antialias=True)]
     if is_train:

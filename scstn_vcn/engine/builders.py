@@ -30,8 +30,10 @@ def build_model_from_config(config, num_classes, pretrained=True):
 
     weights = config["model"].get("pretrained") if pretrained else None
     if weights is not None and weights not in IMAGENET_WEIGHTS and not os.path.isfile(weights):
-        raise FileNotFoundError(f"model.pretrained: no such file {weights} (expected ImageNet backbone weights: "
-                                f"{' or '.join(IMAGENET_WEIGHTS)} from the torch.hub cache, or a .pth file)")
+        raise FileNotFoundError(
+            f"model.pretrained: no such file {weights} (expected ImageNet backbone weights: "
+            f"{' or '.join(IMAGENET_WEIGHTS)} from the torch.hub cache, or a .pth file)"
+        )
     return build_model(
         num_classes,
         backbone=config["model"]["backbone"],

@@ -105,8 +105,10 @@ def plain_data(value, where):
                 raise TypeError(f"{where}: key {key!r} is a {type(key).__name__}, a saved configuration needs str keys")
             out[key] = plain_data(item, f"{where}.{key}")
         return out
-    raise TypeError(f"{where}: a {type(value).__module__}.{type(value).__qualname__} cannot be saved; "
-                    f"use str, int, float, bool, None, lists and dicts")
+    raise TypeError(
+        f"{where}: a {type(value).__module__}.{type(value).__qualname__} cannot be saved; "
+        f"use str, int, float, bool, None, lists and dicts"
+    )
 
 
 def unwrap(model):
@@ -206,12 +208,24 @@ def _numpy_v1_globals():
 
     core = getattr(np, "_core", None) or np.core
     reconstruct = core.multiarray._reconstruct
-    return [(reconstruct, "numpy._core.multiarray._reconstruct"), (reconstruct, "numpy.core.multiarray._reconstruct"),
-            np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    return [
+        (reconstruct, "numpy._core.multiarray._reconstruct"),
+        (reconstruct, "numpy.core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),
+    ]
 
 
-NUMPY_V1_NAMES = frozenset({"numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct",
-                            "numpy.ndarray", "numpy.dtype", "numpy.dtypes.UInt32DType"})
+NUMPY_V1_NAMES = frozenset(
+    {
+        "numpy._core.multiarray._reconstruct",
+        "numpy.core.multiarray._reconstruct",
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy.dtypes.UInt32DType",
+    }
+)
 
 
 def _refusal(path, error):
@@ -223,22 +237,26 @@ def _refusal(path, error):
             return CheckpointError(
                 f"checkpoint {path}: format version 1, which keeps numpy's RNG state as a pickled numpy array that "
                 f"scstn-vcn no longer unpickles; if you trust where the file came from, convert it once with "
-                f"`{CONVERT_HINT.format(path=path)}`")
+                f"`{CONVERT_HINT.format(path=path)}`"
+            )
         return CheckpointError(
             f"checkpoint {path}: refused, it is not plain data: its pickle would call {_some(names, 4)}, which a "
-            f"weights-only load does not allow (scstn-vcn writes only tensors and plain values); nothing in it was run")
+            f"weights-only load does not allow (scstn-vcn writes only tensors and plain values); nothing in it was run"
+        )
     if looks_like_safetensors(path):
         return CheckpointError(
             f"checkpoint {path}: is a safetensors model file (inference weights only); this needs the training "
-            f"checkpoint (checkpoint.pth) with its optimizer and RNG state")
+            f"checkpoint (checkpoint.pth) with its optimizer and RNG state"
+        )
     text = str(error).strip()
     if isinstance(error, pickle.UnpicklingError):
         # torch's message goes on to suggest weights_only=False; keep only what the restricted unpickler found.
         found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
         text = found.group(1) if found else "the restricted unpickler refused it"
     reason = text.splitlines()[0] if text else ""
-    return CheckpointError(f"checkpoint {path}: cannot be read ({type(error).__name__}: {reason}); "
-                           f"the file is corrupt or not a checkpoint")
+    return CheckpointError(
+        f"checkpoint {path}: cannot be read ({type(error).__name__}: {reason}); the file is corrupt or not a checkpoint"
+    )
 
 
 def _check_path(path, what="checkpoint", expected="a file written by `scstn-vcn train`"):
@@ -272,8 +290,9 @@ def _check_state(path, state):
             raise CheckpointError(f"checkpoint {path}: missing its {key!r} entry")
     for key in ("config", "identity"):
         if not isinstance(state[key], dict):
-            raise CheckpointError(f"checkpoint {path}: its {key!r} entry is a {type(state[key]).__name__}, "
-                                  f"expected a dict")
+            raise CheckpointError(
+                f"checkpoint {path}: its {key!r} entry is a {type(state[key]).__name__}, expected a dict"
+            )
     model = state["model"]
     if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
         raise CheckpointError(f"checkpoint {path}: its 'model' entry is not a state dict of tensors")
@@ -291,8 +310,9 @@ def convert_v1_checkpoint(old_path, new_path):
     old_path, new_path = os.fspath(old_path), os.fspath(new_path)
     _check_path(old_path)
     if os.path.exists(new_path):
-        raise CheckpointError(f"{new_path}: already exists; give a new path for the converted checkpoint "
-                              f"(the original is kept as it is)")
+        raise CheckpointError(
+            f"{new_path}: already exists; give a new path for the converted checkpoint (the original is kept as it is)"
+        )
     try:
         with torch.serialization.safe_globals(_numpy_v1_globals()), open(old_path, "rb") as handle:
             state = torch.load(handle, map_location="cpu", weights_only=True)
@@ -302,27 +322,37 @@ def convert_v1_checkpoint(old_path, new_path):
         if beyond:
             raise CheckpointError(
                 f"checkpoint {old_path}: refused, its pickle would call {_some(beyond, 4)}, which a version-1 "
-                f"checkpoint never holds (only numpy's RNG array beyond plain data); nothing in it was run") from None
+                f"checkpoint never holds (only numpy's RNG array beyond plain data); nothing in it was run"
+            ) from None
         if names:  # only numpy's globals, yet not readable with them: not the arrays version 1 wrote
-            raise CheckpointError(f"checkpoint {old_path}: its numpy content is more than the uint32 RNG array "
-                                  f"of a version-1 checkpoint; not converted") from None
+            raise CheckpointError(
+                f"checkpoint {old_path}: its numpy content is more than the uint32 RNG array "
+                f"of a version-1 checkpoint; not converted"
+            ) from None
         raise _refusal(old_path, error) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {old_path}: not an scstn-vcn checkpoint (no '{FORMAT}' format tag)")
     if state.get("version") == VERSION:
         raise CheckpointError(f"checkpoint {old_path}: already format version {VERSION}, nothing to convert")
     if state.get("version") != 1:
-        raise CheckpointError(f"checkpoint {old_path}: format version {state.get('version')!r}; only version 1 "
-                              f"converts to {VERSION}")
+        raise CheckpointError(
+            f"checkpoint {old_path}: format version {state.get('version')!r}; only version 1 converts to {VERSION}"
+        )
     try:
         rng = state.get("rng")
         if rng is not None:
             rng = [plain_rng_state(s["python"], s["numpy"], s["torch"], s.get("cuda")) for s in rng]
-        state.update(version=VERSION, rng=rng, config=plain_data(state.get("config"), "config"),
-                     identity=plain_data(state.get("identity"), "identity"))
+        state.update(
+            version=VERSION,
+            rng=rng,
+            config=plain_data(state.get("config"), "config"),
+            identity=plain_data(state.get("identity"), "identity"),
+        )
     except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {old_path}: its RNG state or configuration is not what version 1 "
-                              f"wrote ({type(error).__name__}: {error})") from None
+        raise CheckpointError(
+            f"checkpoint {old_path}: its RNG state or configuration is not what version 1 "
+            f"wrote ({type(error).__name__}: {error})"
+        ) from None
     _check_state(old_path, state)
     atomic_torch_save(state, new_path)
     return load_checkpoint(new_path)
@@ -356,12 +386,18 @@ def check_weights(path, weights, expected, what="checkpoint"):
         problems.append(f"missing {_some(missing)}")
     if unexpected:
         problems.append(f"unexpected {_some(unexpected)}")
-    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in weights and weights[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
     if shapes:
         problems.append(f"shape (file vs model) {_some(shapes)}")
-    dtypes = [f"{k} {weights[k].dtype} vs {v.dtype}" for k, v in expected.items()
-              if k in weights and weights[k].dtype != v.dtype]
+    dtypes = [
+        f"{k} {weights[k].dtype} vs {v.dtype}"
+        for k, v in expected.items()
+        if k in weights and weights[k].dtype != v.dtype
+    ]
     if dtypes:
         problems.append(f"dtype (file vs model) {_some(dtypes)}")
     if problems:

@@ -42,8 +42,11 @@ def eval_settings(config):
     section = config["eval"]
     rerank = qe = None
     if section["rerank"]:
-        rerank = {"k1": int(section["rerank_k1"]), "k2": int(section["rerank_k2"]),
-                  "lambda_value": float(section["rerank_lambda"])}
+        rerank = {
+            "k1": int(section["rerank_k1"]),
+            "k2": int(section["rerank_k2"]),
+            "lambda_value": float(section["rerank_lambda"]),
+        }
     if section["query_expansion"]:
         qe = {"qe_k": int(section["qe_k"]), "alpha": float(section["qe_alpha"]), "qe_times": int(section["qe_times"])}
     return {"rerank": rerank, "query_expansion": qe}
@@ -67,7 +70,10 @@ def evaluate_model(model, dataset, config, device, amp="off"):
     results = evaluate_features(
         {n: query["feats"][n] for n in names},
         {n: gallery["feats"][n] for n in names},
-        query["pids"], gallery["pids"], query["camids"], gallery["camids"],
+        query["pids"],
+        gallery["pids"],
+        query["camids"],
+        gallery["camids"],
         **kwargs,
     )
     return EvalResults(results, settings), query, gallery

@@ -85,11 +85,16 @@ def save_model_file(path, model, config, identity, with_classifiers=False, epoch
     path = os.fspath(path)
     classifiers = classifier_keys(model)
     if with_classifiers and not classifiers:
-        raise CheckpointError(f"{path}: the model has no ID classifiers to write (it was loaded from a model file "
-                              f"exported without --with-classifiers)")
+        raise CheckpointError(
+            f"{path}: the model has no ID classifiers to write (it was loaded from a model file "
+            f"exported without --with-classifiers)"
+        )
     # Own contiguous CPU copies: safetensors refuses tensors that share memory.
-    tensors = {key: value.detach().to("cpu", copy=True).contiguous() for key, value in model.state_dict().items()
-               if with_classifiers or key not in classifiers}
+    tensors = {
+        key: value.detach().to("cpu", copy=True).contiguous()
+        for key, value in model.state_dict().items()
+        if with_classifiers or key not in classifiers
+    }
     metadata = {
         "format": FORMAT,
         "format_version": VERSION,
@@ -134,8 +139,9 @@ def _metadata_json(path, metadata, key):
     except ValueError as error:
         raise CheckpointError(f"model file {path}: its {key!r} metadata is not valid JSON ({error})") from None
     if not isinstance(value, dict):
-        raise CheckpointError(f"model file {path}: its {key!r} metadata is a JSON {type(value).__name__}, "
-                              f"expected an object")
+        raise CheckpointError(
+            f"model file {path}: its {key!r} metadata is a JSON {type(value).__name__}, expected an object"
+        )
     return value
 
 
@@ -151,21 +157,27 @@ def read_model_file(path):
             shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except Exception as error:  # safetensors' SafetensorError (a truncated file, a bad header) and OSError
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"model file {path}: not a readable safetensors file ({reason}); expected "
-                              f"{WRITTEN_BY}") from None
+        raise CheckpointError(
+            f"model file {path}: not a readable safetensors file ({reason}); expected {WRITTEN_BY}"
+        ) from None
     if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"model file {path}: no scstn-vcn metadata (format {metadata.get('format')!r}, "
-                              f"expected {FORMAT!r}); expected {WRITTEN_BY}")
+        raise CheckpointError(
+            f"model file {path}: no scstn-vcn metadata (format {metadata.get('format')!r}, "
+            f"expected {FORMAT!r}); expected {WRITTEN_BY}"
+        )
     if metadata.get("format_version") != VERSION:
-        raise CheckpointError(f"model file {path}: format version {metadata.get('format_version')!r}, this "
-                              f"scstn-vcn reads version {VERSION}")
+        raise CheckpointError(
+            f"model file {path}: format version {metadata.get('format_version')!r}, this "
+            f"scstn-vcn reads version {VERSION}"
+        )
     config = _validated_config(path, "model file", _metadata_json(path, metadata, "config"))
     identity = _metadata_json(path, metadata, "identity")
     _check_identity_fields(path, "model file", identity)
     classifiers = metadata.get("classifiers")
     if classifiers not in ("true", "false"):
-        raise CheckpointError(f"model file {path}: its 'classifiers' metadata is {classifiers!r}, expected "
-                              f"'true' or 'false'")
+        raise CheckpointError(
+            f"model file {path}: its 'classifiers' metadata is {classifiers!r}, expected 'true' or 'false'"
+        )
     epoch = metadata.get("epoch")
     epoch = int(epoch) if epoch is not None and epoch.isdigit() else None
 
@@ -187,8 +199,9 @@ def read_training_checkpoint(path):
     _check_identity_fields(path, "checkpoint", state["identity"])
     weights = state["model"]
     shapes = {key: tuple(value.shape) for key, value in weights.items()}
-    return ModelSource(path, "checkpoint", config, state["identity"], True, int(state["epoch"]), shapes,
-                       lambda: weights)
+    return ModelSource(
+        path, "checkpoint", config, state["identity"], True, int(state["epoch"]), shapes, lambda: weights
+    )
 
 
 def open_model_source(path):
@@ -217,16 +230,19 @@ def build_inference_model(source, config=None):
         try:
             return build_model_from_config(config, build_classes, pretrained=False)
         except (ValueError, TypeError, KeyError) as error:
-            raise CheckpointError(f"{source.kind} {source.path}: its configuration does not build a model "
-                                  f"({error})") from None
+            raise CheckpointError(
+                f"{source.kind} {source.path}: its configuration does not build a model ({error})"
+            ) from None
 
     with torch.device("meta"):
         expected = build().state_dict()
     if source.shapes != {key: tuple(value.shape) for key, value in expected.items()}:
         # Refused from the header alone: the same message as for the tensors, without reading them.
         dtype = {key: value.dtype for key, value in expected.items()}
-        headers = {key: torch.empty(shape, dtype=dtype.get(key, torch.float32), device="meta")
-                   for key, shape in source.shapes.items()}
+        headers = {
+            key: torch.empty(shape, dtype=dtype.get(key, torch.float32), device="meta")
+            for key, shape in source.shapes.items()
+        }
         check_weights(source.path, headers, expected, source.kind)
     weights = source.load()
     check_weights(source.path, weights, expected, source.kind)

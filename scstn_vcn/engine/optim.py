@@ -38,6 +38,4 @@ def build_scheduler(optimizer, optim_config):
     warmup = int(optim_config["warmup_epochs"])
     step = int(optim_config["step_size"])
     gamma = float(optim_config["step_gamma"])
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda epoch: lr_factor(epoch, warmup, step, gamma)
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, warmup, step, gamma))

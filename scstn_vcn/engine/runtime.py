@@ -12,7 +12,9 @@ def resolve_device(name="auto", local_rank=0):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"train.device / --device: {name!r} is not a device (expected auto, cpu, cuda or cuda:N)") from None
+        raise ValueError(
+            f"train.device / --device: {name!r} is not a device (expected auto, cpu, cuda or cuda:N)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available to torch on this machine")
     return device

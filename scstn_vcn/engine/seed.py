@@ -53,8 +53,12 @@ def plain_rng_state(python_state, numpy_state, torch_state, cuda_states=None):
 
 
 def get_rng_state():
-    return plain_rng_state(random.getstate(), np.random.get_state(), torch.get_rng_state(),
-                           torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    return plain_rng_state(
+        random.getstate(),
+        np.random.get_state(),
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    )
 
 
 def set_rng_state(state):
@@ -66,8 +70,13 @@ def set_rng_state(state):
         key = numpy_state["key"]
         if not isinstance(key, torch.Tensor) or key.dtype != torch.int64 or tuple(key.shape) != (624,):
             raise ValueError("numpy key: expected a tensor of 624 int64 words")
-        numpy_tuple = (str(numpy_state["bit_generator"]), key.numpy().astype(np.uint32), int(numpy_state["pos"]),
-                       int(numpy_state["has_gauss"]), float(numpy_state["cached_gaussian"]))
+        numpy_tuple = (
+            str(numpy_state["bit_generator"]),
+            key.numpy().astype(np.uint32),
+            int(numpy_state["pos"]),
+            int(numpy_state["has_gauss"]),
+            float(numpy_state["cached_gaussian"]),
+        )
         torch_state = state["torch"]
         if not isinstance(torch_state, torch.Tensor) or torch_state.dtype != torch.uint8:
             raise ValueError("torch: expected a uint8 tensor")

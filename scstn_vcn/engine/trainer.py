@@ -45,7 +45,9 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, amp="off", scaler
             outputs = model(images)
             total, parts = loss_fn(outputs, labels)
         if not torch.isfinite(total):
-            raise FloatingPointError(f"the loss became {total.item()} at step {step}; lower optim.lr or use --amp bf16/off")
+            raise FloatingPointError(
+                f"the loss became {total.item()} at step {step}; lower optim.lr or use --amp bf16/off"
+            )
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(total).backward()
@@ -67,7 +69,9 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, amp="off", scaler
             progress.update(1)
             progress.set_postfix(loss=f"{values['loss']:.3f}")
     if count == 0:
-        raise ValueError("the training loader yielded no batch: too few identities with enough images for P x K sampling?")
+        raise ValueError(
+            "the training loader yielded no batch: too few identities with enough images for P x K sampling?"
+        )
     means = {k: v / count for k, v in sums.items()}
     if seen:
         means["acc"] = correct / seen
@@ -110,12 +114,18 @@ class Trainer:
 
         # Process-wide torch settings this run changes; close() puts them back (matters when the
         # trainer runs inside a longer process, e.g. a test session).
-        self._saved_settings = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-                                torch.is_deterministic_algorithms_warn_only_enabled())
+        self._saved_settings = (
+            torch.get_num_threads(),
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+        )
         if int(train_cfg.get("threads") or 0) > 0:
             torch.set_num_threads(int(train_cfg["threads"]))
         # seed + rank: ranks draw different augmentations; DDP copies rank 0's initial weights to all.
-        seed_everything(int(train_cfg["seed"]) + self.info.rank, deterministic=bool(train_cfg["deterministic"]) and self.device.type == "cpu")
+        seed_everything(
+            int(train_cfg["seed"]) + self.info.rank,
+            deterministic=bool(train_cfg["deterministic"]) and self.device.type == "cpu",
+        )
         self.backend = choose_backend(bool(train_cfg["fused"]), train_cfg["kernels"], self.device)
 
         self.dataset = build_dataset_from_config(config)
@@ -140,8 +150,15 @@ class Trainer:
 
         data = config["data"]
         self.loader = build_train_loader(
-            self.dataset, data["height"], data["width"], data["num_identities"], data["num_instances"],
-            data["workers"], int(train_cfg["seed"]), rank=self.info.rank, world_size=self.info.world_size,
+            self.dataset,
+            data["height"],
+            data["width"],
+            data["num_identities"],
+            data["num_instances"],
+            data["workers"],
+            int(train_cfg["seed"]),
+            rank=self.info.rank,
+            world_size=self.info.world_size,
         )
         self.logger = EpochLogger(self.output, enabled=self.info.is_main, resume=state is not None)
 
@@ -155,7 +172,9 @@ class Trainer:
             if self.scaler is not None and state.get("scaler") is not None:
                 self.scaler.load_state_dict(state["scaler"])
         except (ValueError, KeyError, RuntimeError) as error:
-            raise ckpt.CheckpointError(f"checkpoint {path}: its optimizer/scheduler state does not fit this run ({error})") from None
+            raise ckpt.CheckpointError(
+                f"checkpoint {path}: its optimizer/scheduler state does not fit this run ({error})"
+            ) from None
         rng = state.get("rng")
         if rng:
             try:
@@ -178,8 +197,15 @@ class Trainer:
             return
         extra = {"scaler": self.scaler.state_dict()} if self.scaler is not None else None
         ckpt.save_checkpoint(
-            self.checkpoint_path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-            epoch=epoch, config=self.config, identity=self.identity, rng_state=rng, extra=extra,
+            self.checkpoint_path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            epoch=epoch,
+            config=self.config,
+            identity=self.identity,
+            rng_state=rng,
+            extra=extra,
         )
 
     def steps_per_epoch(self):
@@ -199,9 +225,10 @@ class Trainer:
             with open(os.path.join(self.output, "config.yaml"), "w") as handle:
                 handle.write(dump_config(self.config))
         self.say(
-            f"training {self.config['model']['backbone']}-{self.config['model']['variant']} on {self.config['data']['name']}: "
-            f"{self.num_classes} identities, {len(self.dataset.train)} images, device {self.device}, ops backend "
-            f"{self.backend!r}, amp {self.amp}, {self.info.world_size} process(es), epochs {self.start_epoch + 1}..{epochs}"
+            f"training {self.config['model']['backbone']}-{self.config['model']['variant']} "
+            f"on {self.config['data']['name']}: {self.num_classes} identities, {len(self.dataset.train)} images, "
+            f"device {self.device}, ops backend {self.backend!r}, amp {self.amp}, "
+            f"{self.info.world_size} process(es), epochs {self.start_epoch + 1}..{epochs}"
         )
         rows = []
         for epoch in range(self.start_epoch, epochs):
@@ -211,8 +238,15 @@ class Trainer:
             start = time.perf_counter()
             try:
                 stats = train_one_epoch(
-                    self.model, self.loss_fn, self.loader, self.optimizer, self.device, self.amp, self.scaler,
-                    int(self.config["train"]["max_steps_per_epoch"]), bar,
+                    self.model,
+                    self.loss_fn,
+                    self.loader,
+                    self.optimizer,
+                    self.device,
+                    self.amp,
+                    self.scaler,
+                    int(self.config["train"]["max_steps_per_epoch"]),
+                    bar,
                 )
             finally:
                 if bar is not None:

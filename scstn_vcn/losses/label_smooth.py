@@ -32,8 +32,14 @@ class CrossEntropyLabelSmooth(nn.Module):
             raise ValueError(f"labels must have shape (B,) = ({logits.shape[0]},), got {tuple(labels.shape)}")
         # A label out of range would make gather fail with a bare index error (a device assert on CUDA);
         # the value check is skipped while torch.compile traces, where it would break the graph.
-        if not torch.compiler.is_compiling() and labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"labels must be in [0, {self.num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]")
+        if (
+            not torch.compiler.is_compiling()
+            and labels.numel()
+            and (labels.min() < 0 or labels.max() >= self.num_classes)
+        ):
+            raise ValueError(
+                f"labels must be in [0, {self.num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]"
+            )
         # float16/bfloat16 logits are upcast for the log-softmax; float32 and float64 keep their precision
         compute = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         log_p = torch.log_softmax(compute, dim=1)

@@ -22,8 +22,18 @@ class ReIDLoss(nn.Module):
     "spatial_ce" (L_sc), "spatial_rll" (L_sr), "global_ce" (L_gc), "global_rll" (L_gr).
     """
 
-    def __init__(self, num_classes, alpha=0.5, beta=0.5, gamma=1e-7, use_rll=True, label_smoothing=0.1,
-                 rll_margin=0.4, rll_alpha=1.2, rll_tval=10.0):
+    def __init__(
+        self,
+        num_classes,
+        alpha=0.5,
+        beta=0.5,
+        gamma=1e-7,
+        use_rll=True,
+        label_smoothing=0.1,
+        rll_margin=0.4,
+        rll_alpha=1.2,
+        rll_tval=10.0,
+    ):
         super().__init__()
         self.ce = CrossEntropyLabelSmooth(num_classes, label_smoothing)
         self.rll = RankedListLoss(rll_margin, rll_alpha, rll_tval) if use_rll else None

@@ -58,8 +58,8 @@ def cosine_distance_rows(q: torch.Tensor, g: torch.Tensor, q_inv: torch.Tensor, 
     if low_precision and q.device.type == "cpu":
         sim = torch.empty(q.shape[0], g.shape[0], dtype=out_dtype, device=q.device)
         for start in range(0, g.shape[0], _CPU_UPCAST_BLOCK):
-            block = g[start:start + _CPU_UPCAST_BLOCK].to(out_dtype)
-            torch.matmul(q_hat, block.T, out=sim[:, start:start + block.shape[0]])
+            block = g[start : start + _CPU_UPCAST_BLOCK].to(out_dtype)
+            torch.matmul(q_hat, block.T, out=sim[:, start : start + block.shape[0]])
     elif low_precision:
         # On the GPU fp16/bf16 matmuls accumulate in fp32; only the result is upcast.
         sim = torch.matmul(q_hat.to(g.dtype), g.T).to(out_dtype)

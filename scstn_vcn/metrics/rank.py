@@ -105,7 +105,7 @@ def evaluate_rank_full(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: in
         inp_sum += float(n / ranks[-1])
         # CMC(k) is 1 from the first positive's rank on; beyond the kept list it stays 1 (padding).
         if ranks[0] <= max_rank:
-            cmc_sum[ranks[0] - 1:] += 1.0
+            cmc_sum[ranks[0] - 1 :] += 1.0
     if num_valid == 0:
         raise no_valid_query_error()
     return {

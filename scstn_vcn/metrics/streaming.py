@@ -277,11 +277,14 @@ def evaluate_features(
     # rank-10 is always reported, so the CMC is accumulated to at least 10 ranks.
     ids = (q_pids, g_pids, q_camids, g_camids)
     settings = {"chunk_size": chunk_size, "device": device, "cmc_len": max(max_rank, 10)}
-    results = _evaluate_feature_set(query, gallery, names, fusion, ids, suffix="",
-                                    rerank=None if query_expansion else rerank, **settings)
+    results = _evaluate_feature_set(
+        query, gallery, names, fusion, ids, suffix="", rerank=None if query_expansion else rerank, **settings
+    )
     if query_expansion is not None:
-        query, gallery = alpha_query_expansion(query, gallery, query_expansion, chunk_size=int(chunk_size),
-                                               device=device)
-        results.update(_evaluate_feature_set(query, gallery, names, fusion, ids, suffix="+qe", rerank=rerank,
-                                             **settings))
+        query, gallery = alpha_query_expansion(
+            query, gallery, query_expansion, chunk_size=int(chunk_size), device=device
+        )
+        results.update(
+            _evaluate_feature_set(query, gallery, names, fusion, ids, suffix="+qe", rerank=rerank, **settings)
+        )
     return {name: _summary(result, max_rank) for name, result in results.items()}

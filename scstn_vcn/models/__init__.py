@@ -2,15 +2,15 @@
 
 from scstn_vcn.models.ablations import ABLATIONS, Ablation
 from scstn_vcn.models.backbones import (
-                                        BACKBONES,
-                                        IMAGENET_WEIGHTS,
-                                        VARIANTS,
-                                        PretrainedWeightsError,
-                                        ResNetBackbone,
-                                        build_backbone,
-                                        imagenet_cache_file,
-                                        load_imagenet,
-                                        load_pretrained,
+    BACKBONES,
+    IMAGENET_WEIGHTS,
+    VARIANTS,
+    PretrainedWeightsError,
+    ResNetBackbone,
+    build_backbone,
+    imagenet_cache_file,
+    load_imagenet,
+    load_pretrained,
 )
 from scstn_vcn.models.reid_model import HEADS, STN_KINDS, ReIDModel, build_head, build_model, build_stn
 

@@ -28,14 +28,20 @@ import torch
 import torchvision
 from torch import nn
 
-RESNETS = {"resnet18": torchvision.models.resnet18, "resnet34": torchvision.models.resnet34,
-           "resnet50": torchvision.models.resnet50}
+RESNETS = {
+    "resnet18": torchvision.models.resnet18,
+    "resnet34": torchvision.models.resnet34,
+    "resnet50": torchvision.models.resnet50,
+}
 BACKBONES = (*RESNETS, "tiny")
 VARIANTS = ("O", "M")
 # model.pretrained names -> the member of torchvision's weights enum they stand for.
 IMAGENET_WEIGHTS = {"imagenet": "IMAGENET1K_V1", "imagenet-v2": "IMAGENET1K_V2"}
-_WEIGHT_ENUMS = {"resnet18": torchvision.models.ResNet18_Weights, "resnet34": torchvision.models.ResNet34_Weights,
-                 "resnet50": torchvision.models.ResNet50_Weights}
+_WEIGHT_ENUMS = {
+    "resnet18": torchvision.models.ResNet18_Weights,
+    "resnet34": torchvision.models.ResNet34_Weights,
+    "resnet50": torchvision.models.ResNet50_Weights,
+}
 
 
 class PretrainedWeightsError(FileNotFoundError):
@@ -108,8 +114,12 @@ class ResNetBackbone(nn.Module):
 
 def _tiny_parts(width=16):
     """Stem 3x3/2 + maxpool, then 4 stages of one basic block each: widths w, 2w, 4w, 8w (C = 128)."""
-    stem = (nn.Conv2d(3, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2, 1))
+    stem = (
+        nn.Conv2d(3, width, 3, 2, 1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+    )
     widths = [width, 2 * width, 4 * width, 8 * width]
     layers, previous = [], width
     for index, channels in enumerate(widths):
@@ -130,6 +140,7 @@ def _apply_state_dict(backbone, state, source):
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or mismatched:
+
         def some(keys):
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
 
@@ -139,7 +150,10 @@ def _apply_state_dict(backbone, state, source):
         if unexpected:
             details.append(f"unexpected keys: {some(unexpected)}")
         if mismatched:
-            details.append("shape mismatches: " + some([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched]))
+            details.append(
+                "shape mismatches: "
+                + some([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched])
+            )
         raise ValueError(
             f"pretrained: {source} does not match the {backbone.name} backbone ({'; '.join(details)}); "
             f"expected a torchvision {backbone.name} state dict"
@@ -165,8 +179,10 @@ def load_pretrained(backbone, path):
         if not _refused_by_weights_only(error):
             raise ValueError(f"pretrained: could not read {path!r} as a torch state-dict file: {error}") from error
         # torch's own message would suggest weights_only=False: never for a user's file.
-        raise ValueError(f"pretrained: {path!r} is not a plain state dict (reading it would run code from the file); "
-                         "refused: expected a torchvision ResNet state-dict file") from None
+        raise ValueError(
+            f"pretrained: {path!r} is not a plain state dict (reading it would run code from the file); "
+            "refused: expected a torchvision ResNet state-dict file"
+        ) from None
     except Exception as error:  # a corrupt or non-torch file: say which file, keep the cause
         raise ValueError(f"pretrained: could not read {path!r} as a torch state-dict file: {error}") from error
     return _apply_state_dict(backbone, state, repr(path))
@@ -175,18 +191,24 @@ def load_pretrained(backbone, path):
 def imagenet_weights(name, which="imagenet"):
     """torchvision's weights enum member for backbone `name` and `which` (a key of IMAGENET_WEIGHTS)."""
     if which not in IMAGENET_WEIGHTS:
-        raise ValueError(f"pretrained: unknown weights name {which!r}; expected one of "
-                         f"{', '.join(map(repr, IMAGENET_WEIGHTS))}, a state-dict file path, or None")
+        raise ValueError(
+            f"pretrained: unknown weights name {which!r}; expected one of "
+            f"{', '.join(map(repr, IMAGENET_WEIGHTS))}, a state-dict file path, or None"
+        )
     if name not in _WEIGHT_ENUMS:
-        raise ValueError(f"pretrained={which!r}: the {name!r} backbone has no ImageNet weights (only "
-                         f"{', '.join(_WEIGHT_ENUMS)} do); train it from scratch "
-                         f"(pretrained None / model.pretrained: null)")
+        raise ValueError(
+            f"pretrained={which!r}: the {name!r} backbone has no ImageNet weights (only "
+            f"{', '.join(_WEIGHT_ENUMS)} do); train it from scratch "
+            f"(pretrained None / model.pretrained: null)"
+        )
     enum = _WEIGHT_ENUMS[name]
     member = IMAGENET_WEIGHTS[which]
     if member not in enum.__members__:
         offered = [w for w, m in IMAGENET_WEIGHTS.items() if m in enum.__members__]
-        raise ValueError(f"pretrained={which!r}: torchvision has no {member} weights for {name}; "
-                         f"it offers {', '.join(map(repr, offered))}")
+        raise ValueError(
+            f"pretrained={which!r}: torchvision has no {member} weights for {name}; "
+            f"it offers {', '.join(map(repr, offered))}"
+        )
     return enum[member]
 
 
@@ -211,8 +233,10 @@ def load_imagenet(backbone, which="imagenet", progress=True):
         state = weights.get_state_dict(progress=progress, map_location="cpu", weights_only=True)
     except (OSError, http.client.HTTPException) as error:
         if was_cached:
-            raise ValueError(f"pretrained={which!r}: could not read the cached weights {cached} ({error}); "
-                             f"delete the file to fetch it again") from None
+            raise ValueError(
+                f"pretrained={which!r}: could not read the cached weights {cached} ({error}); "
+                f"delete the file to fetch it again"
+            ) from None
         reason = getattr(error, "reason", None) or error
         raise PretrainedWeightsError(
             f"pretrained={which!r}: the {backbone.name} ImageNet weights {os.path.basename(cached)} are not in "
@@ -221,14 +245,20 @@ def load_imagenet(backbone, which="imagenet", progress=True):
         ) from None
     except pickle.UnpicklingError as error:
         if not _refused_by_weights_only(error):
-            raise ValueError(f"pretrained={which!r}: could not read the cached weights {cached} "
-                             f"({type(error).__name__}: {error}); delete the file to fetch it again") from None
+            raise ValueError(
+                f"pretrained={which!r}: could not read the cached weights {cached} "
+                f"({type(error).__name__}: {error}); delete the file to fetch it again"
+            ) from None
         # A file that would run code when unpickled: never suggest trusting it.
-        raise ValueError(f"pretrained={which!r}: the cached weights {cached} are not a plain state dict (reading "
-                         "them would run code from the file); refused: delete the file to fetch it again") from None
+        raise ValueError(
+            f"pretrained={which!r}: the cached weights {cached} are not a plain state dict (reading "
+            "them would run code from the file); refused: delete the file to fetch it again"
+        ) from None
     except Exception as error:  # a truncated or garbled cached file: torch.load's various errors
-        raise ValueError(f"pretrained={which!r}: could not read the cached weights {cached} "
-                         f"({type(error).__name__}: {error}); delete the file to fetch it again") from None
+        raise ValueError(
+            f"pretrained={which!r}: could not read the cached weights {cached} "
+            f"({type(error).__name__}: {error}); delete the file to fetch it again"
+        ) from None
     return _apply_state_dict(backbone, state, f"{which!r} ({cached})")
 
 

@@ -96,8 +96,12 @@ class ReIDModel(nn.Module):
     def classifier_parameters(self):
         """The ID classifiers' parameters (used only in training)."""
         necks = [self.global_branch.neck if self.global_branch is not None else None, self.spatial_neck]
-        return [p for neck in necks if neck is not None and neck.classifier is not None
-                for p in neck.classifier.parameters()]
+        return [
+            p
+            for neck in necks
+            if neck is not None and neck.classifier is not None
+            for p in neck.classifier.parameters()
+        ]
 
     def num_parameters(self, include_classifiers=False):
         """Parameter count (all parameters, trainable or frozen), without the ID classifiers by default:
@@ -146,9 +150,21 @@ def _identity_theta(M):
     return theta
 
 
-def build_model(num_classes, backbone="resnet50", variant="O", pretrained=None, input_size=(384, 128),
-                global_branch=True, spatial_branch=True, stn="scstn", eps_max=0.4, learn_eps=True,
-                head="vcn", num_kernels=6, delta_init="random"):
+def build_model(
+    num_classes,
+    backbone="resnet50",
+    variant="O",
+    pretrained=None,
+    input_size=(384, 128),
+    global_branch=True,
+    spatial_branch=True,
+    stn="scstn",
+    eps_max=0.4,
+    learn_eps=True,
+    head="vcn",
+    num_kernels=6,
+    delta_init="random",
+):
     """Build the model of Fig. 2, or a Table 3 variant of it (see models.ablations.ABLATIONS).
 
     num_classes   training identities N_id (the classifiers' outputs); None builds no classifiers
@@ -168,7 +184,9 @@ def build_model(num_classes, backbone="resnet50", variant="O", pretrained=None, 
     delta_init    "random" (N(0, 1/H)) or "stripes"; see modules.vcn.
     """
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive int (the number of training identities) or None, got {num_classes!r}")
+        raise ValueError(
+            f"num_classes must be a positive int (the number of training identities) or None, got {num_classes!r}"
+        )
     if len(tuple(input_size)) != 2 or min(input_size) < 1:
         raise ValueError(f"input_size must be (height, width) of the images, got {input_size!r}")
     if num_kernels < 1:

@@ -54,7 +54,9 @@ class MGNStripeHead(nn.Module):
         super().__init__()
         for parts in granularities:
             if not 1 <= parts <= height:
-                raise ValueError(f"each stripe count must be in [1, H={height}] (one row per stripe at least), got {parts}")
+                raise ValueError(
+                    f"each stripe count must be in [1, H={height}] (one row per stripe at least), got {parts}"
+                )
         self.granularities = tuple(granularities)
         self.out_features = channels * sum(self.granularities)
 

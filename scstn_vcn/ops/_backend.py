@@ -148,7 +148,10 @@ def _native_status_uncached(device_type):
             )
         return False, "scstn_vcn._C has no CPU kernels registered (a broken build; reinstall the package)"
     if missing:
-        return False, f"scstn_vcn._C has no {key} kernel for {', '.join(missing)} (a broken build; reinstall the package)"
+        return (
+            False,
+            f"scstn_vcn._C has no {key} kernel for {', '.join(missing)} (a broken build; reinstall the package)",
+        )
     if device_type == "cuda" and not torch.cuda.is_available():
         return False, "no CUDA device is available to torch"
     return True, ""
@@ -181,5 +184,7 @@ def resolve(backend, device):
         return name
     ok, why = backend_status(name, device)
     if not ok:
-        raise BackendUnavailableError(f"backend {name!r} is not available for {torch.device(device).type} tensors: {why}")
+        raise BackendUnavailableError(
+            f"backend {name!r} is not available for {torch.device(device).type} tensors: {why}"
+        )
     return name

@@ -27,9 +27,7 @@ def check_same_device(**tensors):
     first = tensors[names[0]].device
     for name in names[1:]:
         if tensors[name].device != first:
-            raise ValueError(
-                f"{name} must be on the same device as {names[0]} ({first}), got {tensors[name].device}"
-            )
+            raise ValueError(f"{name} must be on the same device as {names[0]} ({first}), got {tensors[name].device}")
 
 
 def compute_dtype(tensor):

@@ -31,8 +31,15 @@ from scstn_vcn.ops._checks import compute_dtype
 
 # The reference, the input checks and the fake/autograd contract are shared with the separable op
 # (ops/_affine_common.py); they are this module's attributes too, as ops/_wiring.py expects of every op.
-__all__ = ["affine_hpool", "affine_hpool_eager", "check_inputs", "fake_backward", "fake_forward", "make_backward",
-           "setup_context"]
+__all__ = [
+    "affine_hpool",
+    "affine_hpool_eager",
+    "check_inputs",
+    "fake_backward",
+    "fake_forward",
+    "make_backward",
+    "setup_context",
+]
 
 
 def make_backward(namespace):

@@ -53,8 +53,15 @@ from scstn_vcn.ops._checks import compute_dtype
 
 # The fake functions and autograd context are the general op's (same signatures and saved tensors),
 # shared through ops/_affine_common.py; ops/_wiring.py reads them as this module's attributes.
-__all__ = ["affine_hpool_separable", "affine_hpool_separable_eager", "fake_backward", "fake_forward", "make_backward",
-           "rotation_free_theta", "setup_context"]
+__all__ = [
+    "affine_hpool_separable",
+    "affine_hpool_separable_eager",
+    "fake_backward",
+    "fake_forward",
+    "make_backward",
+    "rotation_free_theta",
+    "setup_context",
+]
 
 
 def rotation_free_theta(theta):

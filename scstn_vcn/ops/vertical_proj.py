@@ -50,7 +50,9 @@ def check_inputs(F, delta):
     check_tensor(delta, "delta", 3, "(C, K, H)")
     channels, height = F.shape[1], F.shape[2]
     if delta.shape[0] != channels or delta.shape[2] != height:
-        check_size("delta", tuple(delta.shape), None, f"shape (C, K, H) with C = {channels} and H = {height} to match F")
+        check_size(
+            "delta", tuple(delta.shape), None, f"shape (C, K, H) with C = {channels} and H = {height} to match F"
+        )
     check_same_device(F=F, delta=delta)
 
 
