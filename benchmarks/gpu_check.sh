@@ -12,7 +12,7 @@
 #  3. benchmarks every op forward and forward+backward at the paper shapes (O) and (M), float32 and
 #     bfloat16, for eager, torch.compile, triton and native (benchmarks/gpu_check_ops.py);
 #  4. times a training step of R50-O (384x128, batch 96, bf16) eager vs --fused, and evaluation at MSMT17
-#     scale (time and peak extra GPU memory);
+#     scale (time and peak extra GPU memory), plain and with k-reciprocal re-ranking;
 #  5. writes DIR/gpu-<gpu>-<date>.json (pytest-benchmark JSON of the ops + everything else under
 #     "gpu_check"), DIR/gpu-<gpu>-<date>.md (every figure beside its goal, pass/fail) and
 #     DIR/gpu-<gpu>-<date>.log (".log.partial" while it runs).
@@ -294,6 +294,9 @@ run_step train-step 120 "$PY" benchmarks/gpu_check_train.py "${TRAIN_ARGS[@]}" -
     --deadline $((DEADLINE_S - REPORT_RESERVE_S - 40))
 report
 run_step evaluation 90 "$PY" benchmarks/gpu_check_eval.py "${EVAL_ARGS[@]}" --json "$WORK/eval.json"
+report
+run_step evaluation-rerank 120 "$PY" benchmarks/gpu_check_eval.py "${EVAL_ARGS[@]}" --rerank \
+    --json "$WORK/eval_rerank.json"
 
 # --- 5. report, summary ----------------------------------------------------------------------------------------
 echo

@@ -1,7 +1,7 @@
 """The report of benchmarks/gpu_check.sh: one JSON and one Markdown table from what its steps wrote.
 
 Reads, in the run's work folder: env.json (gpu_check_env.py), ops.json (gpu_check_ops.py, a
-pytest-benchmark JSON), train.json (gpu_check_train.py), eval.json (gpu_check_eval.py), tests.xml
+pytest-benchmark JSON), train.json (gpu_check_train.py), eval.json and eval_rerank.json (gpu_check_eval.py), tests.xml
 (pytest's JUnit XML) and steps.tsv (the script's step log: name, status, seconds, detail). A missing
 file is a step that did not run; the report says so. Writes:
 
@@ -202,10 +202,10 @@ def _train_rows(train, goals_by_item):
     return rows
 
 
-def _eval_rows(evaluation, goals_by_item):
+def _eval_rows(evaluation, goals_by_item, label="evaluation"):
     if not evaluation or "seconds" not in evaluation:
         return []
-    item = f"evaluation {evaluation['queries']}x{evaluation['gallery']}"
+    item = f"{label} {evaluation['queries']}x{evaluation['gallery']}"
     goals = goals_by_item.get(item, [])
     peak = evaluation.get("peak_extra_memory_mib")
     dims = evaluation.get("dims", {})
@@ -216,9 +216,13 @@ def _eval_rows(evaluation, goals_by_item):
     figures = (
         f"peak extra memory {_fmt(peak, '.0f', ' MiB')}, fusion mAP {evaluation.get('fusion_mAP', 0):.4f} (synthetic)"
     )
+    if "rerank" in evaluation:
+        settings = evaluation["rerank"]
+        config += f", k1 {settings['k1']}, k2 {settings['k2']}, λ {settings['lambda_value']}"
+        figures += f", fusion+rk mAP {evaluation.get('fusion_rk_mAP', 0):.4f}"
     return [
         (
-            "evaluation",
+            label,
             config,
             evaluation.get("device"),
             f"{evaluation['seconds']:.2f} s",
@@ -281,6 +285,7 @@ def render_markdown(document, title):
         _op_rows(document, goals_by_item)
         + _train_rows(check.get("train"), goals_by_item)
         + _eval_rows(check.get("evaluation"), goals_by_item)
+        + _eval_rows(check.get("evaluation_rerank"), goals_by_item, "evaluation + re-ranking")
     )
     for row in rows:
         lines.append("| " + " | ".join(str(cell).replace("|", "/") for cell in row) + " |")
@@ -330,6 +335,7 @@ def build(work, mode, device_name=None):
         "ops": ops_doc.get("gpu_check"),
         "train": train,
         "evaluation": evaluation,
+        "evaluation_rerank": _load(os.path.join(work, "eval_rerank.json")),
         "goals": goals,
     }
     return ops_doc

@@ -143,10 +143,13 @@ def test_smoke_json_records_steps_train_step_evaluation_and_goals(smoke):
         "op-benchmarks": "ok",
         "train-step": "ok",
         "evaluation": "ok",
+        "evaluation-rerank": "ok",
     }
     assert check["environment"]["copy_gbps"] > 0
     assert {r["backend"] for r in check["train"]["results"]} == {"eager", "native"}
     assert check["evaluation"]["seconds"] > 0 and check["evaluation"]["queries"] == 100
+    assert check["evaluation_rerank"]["rerank"] == {"k1": 20, "k2": 6, "lambda_value": 0.3}
+    assert 0 < check["evaluation_rerank"]["fusion_rk_mAP"] <= 1
     assert check["ops"]["failures"] == [] and check["ops"]["not_run"] == []
     figures = {
         (g["item"].split("-")[1] if g["item"].startswith("cpu-") else g["item"].split(" ")[0], g["figure"])
@@ -167,6 +170,7 @@ def test_smoke_markdown_puts_every_figure_beside_its_goal(smoke):
     assert any(r.startswith("| channel_pool |") and "≥ 3× eager" in r for r in rows)
     assert any(r.startswith("| train step |") and "≥ 1.05× eager" in r for r in rows)
     assert any(r.startswith("| evaluation |") and "< 20 s, < 4 GB" in r for r in rows)
+    assert any(r.startswith("| evaluation + re-ranking |") and "fusion+rk mAP" in r for r in rows)
     results = [r.rstrip(" |").rsplit("| ", 1)[-1] for r in rows]
     assert all(res == "—" or res == "pass" or res.startswith("FAIL") for res in results), results
 

@@ -19,12 +19,7 @@ from scstn_vcn.metrics import (
 NUM_QUERY, NUM_GALLERY = 19, 88
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # With exactly computed distances (and their ties) only in the first round: the expanded features are means

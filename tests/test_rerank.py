@@ -16,13 +16,7 @@ NUM_QUERY, NUM_GALLERY = 23, 131  # odd sizes: blocks and chunks end short
 SETTINGS = [(1, 1), (1, 2), (2, 1), (2, 3), (20, 1), (20, 6)]  # (k1, k2), k2 <= k1 + 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These problems are tiny: one thread avoids thread start-up costs on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def clustered(rng, n, dim, num_clusters=9, spread=0.7):

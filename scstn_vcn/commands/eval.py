@@ -11,7 +11,9 @@ HELP = "evaluate a checkpoint on a data set's query/gallery split"
 
 
 def add_arguments(parser):
-    parser.add_argument("--checkpoint", required=True, metavar="PATH")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="a training checkpoint or a .safetensors model file"
+    )
     add_config_args(parser)
     add_runtime_args(parser)
     parser.add_argument("--batch-size", type=int, help="eval.batch_size")
