@@ -342,7 +342,8 @@ PROBE = """
 import sys
 import torch
 from scstn_vcn import ops
-ops.load_native()
+ok, why = ops.load_native()
+assert ok, why
 x, theta, g = torch.load(sys.argv[1], weights_only=True)
 N = torch.ops.scstn_vcn
 for attempt in range(2):
@@ -370,6 +371,7 @@ def test_output_cache_setting_is_obeyed_or_named_when_bad(value, tmp_path):
     done = subprocess.run(
         [sys.executable, "-c", PROBE, str(tmp_path / "inputs.pt"), str(tmp_path / "grad.pt")],
         env=env,
+        cwd=tmp_path,  # not the source tree, whose scstn_vcn (no compiled extension) would shadow the install
         capture_output=True,
         text=True,
         timeout=300,
