@@ -9,7 +9,7 @@ import torch
 
 from scstn_vcn import ops
 from scstn_vcn.engine import model_file
-from scstn_vcn.engine.checkpoint import atomic_write
+from scstn_vcn.engine.checkpoint import atomic_write, default_file_mode
 
 
 def export_features(model, dataset, config, device, path):
@@ -91,6 +91,7 @@ def export_onnx(model, config, path, opset=20):
     os.close(fd)
     try:
         program.save(tmp)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

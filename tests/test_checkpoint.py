@@ -3,6 +3,7 @@ corrupt / mismatched / version-1 files, and the explicit conversion of a version
 
 import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -250,3 +251,19 @@ def test_convert_checkpoint_needs_trust_and_keeps_everything(tmp_path, config, c
     assert "already exists" in capsys.readouterr().err
     assert main(["convert-checkpoint", str(new), str(tmp_path / "again.pth"), "--trust"]) == 2
     assert "already format version 2, nothing to convert" in capsys.readouterr().err
+
+
+def test_written_files_get_the_usual_permissions_not_the_temporary_files(tmp_path):
+    """A checkpoint, model file or features file is renamed from a private (0o600) temporary file; it must end
+    with the mode open() would give it (0o666 less the umask), so that it can be shared like any other file."""
+    from scstn_vcn.engine.checkpoint import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.bin", lambda handle: handle.write(b"x"))
+        assert stat.S_IMODE(os.stat(tmp_path / "a.bin").st_mode) == 0o644
+        os.umask(0o077)
+        atomic_write(tmp_path / "b.bin", lambda handle: handle.write(b"x"))
+        assert stat.S_IMODE(os.stat(tmp_path / "b.bin").st_mode) == 0o600
+    finally:
+        os.umask(old)

@@ -2,11 +2,10 @@
 from --checkpoint (a training checkpoint or a .safetensors model file) for inference, a FeatureExtractor from
 the inference flags, and atomic .npz output."""
 
-import os
-
 import torch
 
 from scstn_vcn.configs import config_from_saved, load_config
+from scstn_vcn.engine.checkpoint import atomic_write
 from scstn_vcn.engine.errors import UsageError
 
 # ------------------------------------------------------------------------------ argument groups
@@ -149,18 +148,7 @@ def progress(total, desc, disable):
 
 def write_npz_atomically(path, arrays):
     """np.savez into a temporary file beside `path`, then rename: `path` is never half-written."""
-    import tempfile
-
     import numpy as np
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:  # a file object: savez adds no ".npz" to the name
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # a file object: savez adds no ".npz" to the name
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))

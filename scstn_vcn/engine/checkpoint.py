@@ -46,6 +46,14 @@ def _some(items, limit=3):
 # ------------------------------------------------------------------------------ writing
 
 
+def default_file_mode():
+    """The mode a file created with open() gets (0o666 less the umask): mkstemp's private 0o600 is right for
+    the temporary file, not for the model or features it becomes, which the user may want to share."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path, write):
     """Call write(handle) on a temporary file beside `path`, then rename it to `path`: `path` is either
     the old file or the complete new one."""
@@ -54,6 +62,7 @@ def atomic_write(path, write):
     os.makedirs(folder, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
