@@ -121,8 +121,7 @@ def main(argv=None):
         "num_valid_queries": results["fusion"]["num_valid_queries"],
     }
     if args.rerank:
-        config = RerankConfig()
-        document["rerank"] = {"k1": config.k1, "k2": config.k2, "lambda_value": config.lambda_value}
+        document["rerank"] = RerankConfig().as_dict()
         document["fusion_rk_mAP"] = results["fusion+rk"]["mAP"]
     write_json(args.json, document)
     peak_text = "n/a" if peak is None else f"{peak:.0f} MiB"
