@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
         ("clustered", 1, 3.0, 1),
         ("clustered", 5, 0.0, 2),
         ("clustered", 7, 1.5, 3),
-        ("clustered", 200, 3.0, 1),
+        ("clustered", NUM_QUERY + NUM_GALLERY, 3.0, 1),
         ("exact_with_duplicates", 10, 3.0, 1),
         ("exact_with_duplicates", 3, 0.0, 1),
         ("exact_with_duplicates", 7, 1.5, 1),
@@ -130,3 +130,28 @@ def test_bad_input_names_the_argument():
     ids = ([1, 2, 1], [1, 2, 1, 2, 1], [0] * 3, [1] * 5)
     with pytest.raises(TypeError, match="query_expansion must be a QueryExpansionConfig"):
         evaluate_features({"global": q}, {"global": g}, *ids, query_expansion={"qe_k": 10})
+
+
+def test_mixed_dtypes_are_promoted_to_one():
+    """float64 queries with a float32 gallery expand as the float64 features (the dense reference)."""
+    rng = np.random.default_rng(6)
+    x, _ = clustered(rng, NUM_QUERY + NUM_GALLERY, 16)
+    x = x.astype(np.float64)
+    got_q, got_g = alpha_query_expansion(torch.from_numpy(x[:NUM_QUERY]), torch.from_numpy(x[NUM_QUERY:]).float())
+    assert got_q.dtype == got_g.dtype == torch.float64
+    ref_q, ref_g = alpha_query_expansion_dense(x[:NUM_QUERY], x[NUM_QUERY:].astype(np.float32).astype(np.float64))
+    np.testing.assert_allclose(got_q.numpy(), ref_q, rtol=1e-10, atol=0)
+    np.testing.assert_allclose(got_g.numpy(), ref_g, rtol=1e-10, atol=0)
+    half_q, _ = alpha_query_expansion(torch.from_numpy(x[:NUM_QUERY]).half(), torch.from_numpy(x[NUM_QUERY:]).float())
+    assert half_q.dtype == torch.float32
+
+
+def test_qe_k_beyond_the_items_and_overflowing_distances_are_errors():
+    q, g = torch.randn(3, 8), torch.randn(5, 8)
+    with pytest.raises(ValueError, match=r"qe_k = 9 must be at most the number of items = 8 \(3 queries"):
+        alpha_query_expansion(q, g, QueryExpansionConfig(qe_k=9))
+    ids = ([1, 2, 1], [1, 2, 1, 2, 1], [0] * 3, [1] * 5)
+    with pytest.raises(ValueError, match="qe_k = 10"):
+        evaluate_features({"global": q}, {"global": g}, *ids, query_expansion=QueryExpansionConfig(), fusion=None)
+    with pytest.raises(ValueError, match=r"cosine distances of query\['feature'\] / gallery\['feature'\] are not"):
+        alpha_query_expansion(torch.full((3, 8), 1e20), g, QueryExpansionConfig(qe_k=4))

@@ -2,6 +2,9 @@
 equal final distances and identical CMC / mAP / mINP on clustered features, exact ties and duplicates,
 bounded memory, and errors that name the argument."""
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from scstn_vcn.metrics import RerankConfig, evaluate_features, evaluate_rank_full, k_reciprocal_rerank
 from scstn_vcn.metrics.item_features import ItemFeatures
 from scstn_vcn.metrics.knn import nearest_neighbours, smallest_k
+from scstn_vcn.metrics.rerank import KReciprocalEncoding
 
 NUM_QUERY, NUM_GALLERY = 23, 131  # odd sizes: blocks and chunks end short
 SETTINGS = [(1, 1), (1, 2), (2, 1), (2, 3), (20, 1), (20, 6)]  # (k1, k2), k2 <= k1 + 1
@@ -126,14 +130,133 @@ def test_fused_features_and_evaluate_features_rows():
     np.testing.assert_allclose(direct, fused_ref, rtol=0, atol=1e-5)
 
 
-def test_fewer_items_than_k1_float64_and_device_kept():
+@pytest.mark.parametrize("k1,k2", [(8, 6), (8, 9)])
+def test_k1_of_all_other_items_float64(k1, k2):
+    """k1 = N - 1, the largest the data allows: every item's neighbour list is the whole row."""
     rng = np.random.default_rng(3)
     x, _ = clustered(rng, 9, 5, num_clusters=2)
     x = x.astype(np.float64)
-    got = k_reciprocal_rerank(torch.from_numpy(x[:3]), torch.from_numpy(x[3:]), RerankConfig(20, 6, 0.3), chunk_size=4)
+    got = k_reciprocal_rerank(torch.from_numpy(x[:3]), torch.from_numpy(x[3:]), RerankConfig(k1, k2, 0.3), chunk_size=4)
     assert got.dtype == torch.float64
-    ref = k_reciprocal_dense(all_distances({"f": x[:3]}, {"f": x[3:]}), 3, 20, 6, 0.3)
+    ref = k_reciprocal_dense(all_distances({"f": x[:3]}, {"f": x[3:]}), 3, k1, k2, 0.3)
     np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-12)
+
+
+def test_k1_beyond_the_items_is_an_error_naming_k1_before_any_work():
+    q, g = torch.randn(3, 5), torch.randn(6, 5)
+    with pytest.raises(ValueError, match=r"rerank k1 = 9 must be at most the number of items - 1 = 8 \(3 queries"):
+        k_reciprocal_rerank(q, g, RerankConfig(9, 6))
+    items = ItemFeatures({"f": q}, {"f": g})
+    neighbours = nearest_neighbours(items, {"v": ("f",)}, 9, 4)["v"]  # all 9: what k1 = 8 needs
+    with pytest.raises(ValueError, match="rerank k1 = 20"):
+        KReciprocalEncoding(items, ("f",), neighbours, RerankConfig(20, 6), 4)
+    ids = ([1, 2, 1], [1, 2, 1, 2, 1, 2], [0] * 3, [1] * 6)
+    bad = {"global": torch.full((3, 5), float("nan"))}  # the size check comes first, before any distance
+    with pytest.raises(ValueError, match="rerank k1 = 20"):
+        evaluate_features(bad, {"global": g}, *ids, rerank=RerankConfig(), fusion=None)
+
+
+def _mixed(rng, num_query, num_gallery, dim):
+    x, labels = clustered(rng, num_query + num_gallery, dim)
+    return torch.from_numpy(x[:num_query]), torch.from_numpy(x[num_query:]), labels
+
+
+@pytest.mark.parametrize(
+    "query_dtype,gallery_dtype,expected",
+    [
+        (torch.float16, torch.float32, torch.float32),
+        (torch.float32, torch.bfloat16, torch.float32),
+        (torch.float16, torch.bfloat16, torch.float32),
+        (torch.float64, torch.float32, torch.float64),
+        (torch.float32, torch.float64, torch.float64),
+    ],
+)
+def test_mixed_dtypes_are_promoted_to_one(query_dtype, gallery_dtype, expected):
+    """Query and gallery features of different dtypes re-rank as their promotion (the dense reference on the
+    features converted to torch.promote_types of the two, in float64)."""
+    rng = np.random.default_rng(21)
+    q, g, _ = _mixed(rng, NUM_QUERY, NUM_GALLERY, 16)
+    q, g = q.to(query_dtype), g.to(gallery_dtype)
+    got = k_reciprocal_rerank(q, g, RerankConfig(20, 6, 0.3), chunk_size=17)
+    assert got.dtype == expected
+    ref = k_reciprocal_dense(all_distances({"f": q.double().numpy()}, {"f": g.double().numpy()}), NUM_QUERY)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-5 if expected == torch.float32 else 1e-12)
+
+
+def test_evaluate_features_with_mixed_dtypes():
+    """float64 queries against a float32 gallery: the "+rk" rows are the dense reference's of the float64
+    features, and the plain rows are those of the evaluation without re-ranking."""
+    rng = np.random.default_rng(22)
+    q, g, labels = _mixed(rng, NUM_QUERY, NUM_GALLERY, 12)
+    ids = ids_from(labels, rng, NUM_QUERY)
+    qf, gf = {"global": q.double()}, {"global": g}
+    got = evaluate_features(qf, gf, *ids, chunk_size=10, max_rank=20, rerank=RerankConfig(), fusion=None)
+    plain = evaluate_features(qf, gf, *ids, chunk_size=10, max_rank=20, fusion=None)
+    np.testing.assert_array_equal(got["global"]["cmc"], plain["global"]["cmc"])
+    assert got["global"]["mAP"] == plain["global"]["mAP"]
+    dist = all_distances({"f": q.double().numpy()}, {"f": g.double().numpy()})
+    ref = evaluate_rank_full(k_reciprocal_dense(dist, NUM_QUERY), *ids, max_rank=20)
+    np.testing.assert_array_equal(got["global+rk"]["cmc"], ref["cmc"])
+    assert got["global+rk"]["mAP"] == pytest.approx(ref["mAP"], rel=1e-12, abs=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_features_on_cuda_rerank_as_their_float32_upcast(dtype):
+    """On the GPU the plain rows multiply half-precision features in half precision; the re-ranked rows
+    must still be those of the float32 upcast, which the encoding is built from."""
+    rng = np.random.default_rng(23)
+    q, g, labels = _mixed(rng, NUM_QUERY, NUM_GALLERY, 64)
+    ids = ids_from(labels, rng, NUM_QUERY)
+    low_q, low_g = {"global": q.to(dtype).cuda()}, {"global": g.to(dtype).cuda()}
+    up_q, up_g = {k: v.float() for k, v in low_q.items()}, {k: v.float() for k, v in low_g.items()}
+    config = RerankConfig()
+    got = evaluate_features(low_q, low_g, *ids, chunk_size=10, max_rank=20, rerank=config, fusion=None)
+    ref = evaluate_features(up_q, up_g, *ids, chunk_size=10, max_rank=20, rerank=config, fusion=None)
+    np.testing.assert_array_equal(got["global+rk"]["cmc"], ref["global+rk"]["cmc"])
+    assert got["global+rk"]["mAP"] == pytest.approx(ref["global+rk"]["mAP"], rel=1e-6)
+    direct = k_reciprocal_rerank(low_q, low_g, config).cpu().numpy()
+    np.testing.assert_allclose(direct, k_reciprocal_rerank(up_q, up_g, config).cpu().numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["query", "gallery"])
+def test_finite_features_whose_distances_overflow_are_an_error_naming_them(where):
+    """Entries of 1e20 are finite, but their squared norm is not in float32: the distances are NaN. One
+    clear error, never an index out of range."""
+    big = torch.full((3, 8), 1e20)
+    q, g = (big, torch.randn(9, 8)) if where == "query" else (torch.randn(3, 8), big)
+    with pytest.raises(
+        ValueError, match=r"cosine distances of query\['feature'\] / gallery\['feature'\] are not finite"
+    ):
+        k_reciprocal_rerank(q, g, RerankConfig(2, 2))
+    ids = ([1, 2, 1], [1, 2, 1] * (g.shape[0] // 3), [0] * 3, [1] * g.shape[0])
+    with pytest.raises(ValueError, match=r"query_feats\['global'\] / gallery_feats\['global'\] are not finite"):
+        evaluate_features({"global": q}, {"global": g}, *ids, rerank=RerankConfig(2, 2), fusion=None)
+
+
+def test_neighbours_from_another_search_are_checked():
+    """An index outside the items (e.g. a search backend's -1 for 'not found') is refused by name."""
+    q, g = torch.randn(4, 6), torch.randn(7, 6)
+    items = ItemFeatures({"f": q}, {"f": g})
+    neighbours = nearest_neighbours(items, {"v": ("f",)}, 3, 5)["v"]
+    neighbours.index[5, 2] = -1
+    with pytest.raises(ValueError, match=r"returned an index outside 0 \.\. 10 for item 5"):
+        KReciprocalEncoding(items, ("f",), neighbours, RerankConfig(2, 2), 4)
+
+
+def test_encoding_keeps_no_features():
+    """Once built, the encoding holds no reference to the features: dropping the ItemFeatures frees their
+    device copies during the chunk loop."""
+    q, g = torch.randn(5, 6, dtype=torch.float64), torch.randn(9, 6)
+    items = ItemFeatures({"f": q}, {"f": g})  # the gallery is converted to float64: the copy lives in items
+    neighbours = nearest_neighbours(items, {"v": ("f",)}, 4, 5)["v"]
+    encoding = KReciprocalEncoding(items, ("f",), neighbours, RerankConfig(3, 2), 4)
+    # (the query tensor is the caller's own, which this test keeps)
+    copies = [weakref.ref(items.gallery["f"]), weakref.ref(items.query_inv["f"]), weakref.ref(items.gallery_inv["f"])]
+    del items
+    gc.collect()
+    assert all(ref() is None for ref in copies)
+    assert encoding.distances(0, 5, torch.rand(5, 9, dtype=torch.float64)).shape == (5, 9)
 
 
 @pytest.mark.parametrize("k1", range(1, 42))

@@ -44,18 +44,22 @@ def inverse_norms(x: torch.Tensor) -> torch.Tensor:
     return 1.0 / torch.linalg.vector_norm(x.to(compute_dtype(x.dtype)), dim=1).clamp_min(EPS)
 
 
-def cosine_distance_rows(q: torch.Tensor, g: torch.Tensor, q_inv: torch.Tensor, g_inv: torch.Tensor) -> torch.Tensor:
+def cosine_distance_rows(
+    q: torch.Tensor, g: torch.Tensor, q_inv: torch.Tensor, g_inv: torch.Tensor, upcast: bool = False
+) -> torch.Tensor:
     """Cosine distances (len(q), len(g)) given precomputed inverse norms.
 
     The gallery is never normalised as a whole (that would copy it); the product is scaled
-    by the gallery's inverse norms afterwards instead.
+    by the gallery's inverse norms afterwards instead. A float16 / bfloat16 gallery is multiplied
+    in its own precision on the GPU, unless ``upcast``: then, as always on the CPU, in blocks
+    converted to the compute dtype (the distances of the float32 upcast).
     """
     out_dtype = compute_dtype(torch.promote_types(q.dtype, g.dtype))
     # The (small) query block is normalised before the product, so a float16 matmul only ever
     # sees |<q_hat, g>| <= |g| and cannot overflow float16's 65504 through the query's norm.
     q_hat = q.to(out_dtype) * q_inv.to(out_dtype)[:, None]
     low_precision = g.dtype in (torch.float16, torch.bfloat16)
-    if low_precision and q.device.type == "cpu":
+    if low_precision and (upcast or q.device.type == "cpu"):
         sim = torch.empty(q.shape[0], g.shape[0], dtype=out_dtype, device=q.device)
         for start in range(0, g.shape[0], _CPU_UPCAST_BLOCK):
             block = g[start : start + _CPU_UPCAST_BLOCK].to(out_dtype)

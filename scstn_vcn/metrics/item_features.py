@@ -8,6 +8,12 @@ feature once more): a range or a list of items is read from whichever set holds 
 The distance between two items is the evaluation's: the cosine distance of one feature, or for a
 fused view the sum of the cosine distances of several features ("branches"), added in the order the
 branches are given (the order evaluate_features sums them in).
+
+Dtypes. A branch's query and gallery features are held in one dtype, ``torch.promote_types`` of the
+two (float16 with float32 -> float32, float16 with bfloat16 -> float32, anything with float64 ->
+float64): the set in the other dtype is converted once (a copy of that set only). Distances are
+computed in float32 (float64 if any feature is float64); float16 / bfloat16 features are upcast
+before every product, on the GPU too, so they give the distances of their float32 upcast.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ class ItemFeatures:
     """ItemFeatures(query, gallery, device): per branch a query (q, D) and a gallery (g, D) tensor.
 
     ``query`` and ``gallery`` map branch names to tensors with the same names and dimensions; every
-    tensor is moved to ``device`` once. Distances are float32 (float64 for float64 features).
+    tensor is moved to ``device`` once, and a branch's two sets to their promoted dtype (see the module
+    docstring). Distances are float32 (float64 for float64 features).
     """
 
     def __init__(
@@ -53,6 +60,7 @@ class ItemFeatures:
                 f"{sorted(query)} and {sorted(gallery)}"
             )
         self.branches = list(query)
+        self.query_name, self.gallery_name = query_name, gallery_name
         self.query, self.gallery = {}, {}
         for name in self.branches:
             q = _as_feature_tensor(f"{query_name}[{name!r}]", query[name])
@@ -61,7 +69,9 @@ class ItemFeatures:
                 raise ValueError(
                     f"{query_name}[{name!r}] has dimension {q.shape[1]} but {gallery_name}[{name!r}] has {g.shape[1]}"
                 )
-            self.query[name], self.gallery[name] = q, g
+            # One dtype per branch, so that rows gathered from both sets fit one tensor.
+            common = torch.promote_types(q.dtype, g.dtype)
+            self.query[name], self.gallery[name] = q.to(common), g.to(common)
         rows = {n: (self.query[n].shape[0], self.gallery[n].shape[0]) for n in self.branches}
         if len(set(rows.values())) != 1:
             raise ValueError(
@@ -92,6 +102,10 @@ class ItemFeatures:
     @property
     def num_items(self) -> int:
         return self.num_query + self.num_gallery
+
+    def feature_names(self, branches: Sequence[str]) -> str:
+        """The features of ``branches`` as the caller named them, for error messages."""
+        return ", ".join(f"{self.query_name}[{b!r}] / {self.gallery_name}[{b!r}]" for b in branches)
 
     def check_branches(self, branches: Sequence[str], name: str = "branches") -> tuple[str, ...]:
         branches = tuple(branches)

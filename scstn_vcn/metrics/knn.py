@@ -45,6 +45,28 @@ class Neighbours:
     distance: torch.Tensor
     sq_max: torch.Tensor
 
+    def check(self, items: ItemFeatures, branches: Sequence[str]) -> None:
+        """Raise a ValueError naming the features unless every row maximum is finite and every index is an
+        item. Finite features can still have distances that overflow (a norm or a product past the dtype's
+        range gives inf, and inf * 0 gives NaN); a NaN never ranks ahead of the padding index N, which
+        would then be used as an item (out of range on the CPU, a device-side assert on CUDA)."""
+        n = items.num_items
+        finite = torch.isfinite(self.sq_max)
+        if not bool(finite.all()):
+            item = int((~finite).nonzero()[0, 0])
+            raise ValueError(
+                f"the cosine distances of {items.feature_names(branches)} are not finite (item {item} of the "
+                f"{items.num_query} queries then the gallery): the features are finite but their norms or dot "
+                f"products overflow {items.dtype}; scale the features down (e.g. normalise them)"
+            )
+        bad_index = (self.index < 0) | (self.index >= n)
+        if self.index.numel() and bool(bad_index.any()):
+            item = int(bad_index.any(1).nonzero()[0, 0])
+            raise ValueError(
+                f"the nearest-neighbour search over {items.feature_names(branches)} returned an index outside "
+                f"0 .. {n - 1} for item {item}; its distances are NaN or the search is broken"
+            )
+
 
 def order_by_value_then_index(values: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of (values, index) reordered by value, ties by index (the order of a full stable sort)."""
@@ -143,7 +165,10 @@ def nearest_neighbours(
                     _fold_block(state[name], block.T.contiguous(), cols, rows[0], k)
                 del block
             del blocks
-    return {name: Neighbours(index=s[1], distance=s[0], sq_max=s[2]) for name, s in state.items()}
+    found = {name: Neighbours(index=s[1], distance=s[0], sq_max=s[2]) for name, s in state.items()}
+    for name, result in found.items():
+        result.check(items, views[name])
+    return found
 
 
 def _fold_block(state, block: torch.Tensor, rows: tuple[int, int], col_offset: int, k: int) -> None:

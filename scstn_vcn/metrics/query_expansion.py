@@ -59,6 +59,16 @@ class QueryExpansionConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def check_items(self, num_query: int, num_gallery: int) -> None:
+        """Raise a ValueError naming qe_k unless the data has at least qe_k items (queries + gallery): the
+        qe_k nearest are taken among all of them, the item itself included."""
+        if self.qe_k > num_query + num_gallery:
+            raise ValueError(
+                f"query expansion qe_k = {self.qe_k} must be at most the number of items = "
+                f"{num_query + num_gallery} ({num_query} queries + {num_gallery} gallery items): each item is "
+                "expanded by its qe_k nearest items, itself included"
+            )
+
 
 def _expand_once(items: ItemFeatures, qe_k: int, alpha: float, block_size: int) -> tuple[dict, dict]:
     new_query, new_gallery = {}, {}
@@ -86,8 +96,10 @@ def alpha_query_expansion(
     """Expanded (query, gallery) features (see the module docstring).
 
     ``query`` (q, D) and ``gallery`` (g, D) are tensors or numpy arrays, or dicts of features with the
-    same names (each feature is expanded by its own neighbours); the result has the same form, in the
-    compute dtype (float32, float64 for float64 features) on ``device`` (default: the features').
+    same names (each feature is expanded by its own neighbours); query and gallery features of different
+    dtypes are promoted to one (``torch.promote_types``). The result has the same form, in the compute
+    dtype (float32, float64 if any feature is float64) on ``device`` (default: the features').
+    ``config.qe_k`` must be at most q + g.
     ``config`` defaults to ``QueryExpansionConfig()``; memory beyond the new features is
     O(chunk_size * (q + g)) for the distance blocks, and chunk_size rows' neighbours are gathered at once.
     """
@@ -102,6 +114,7 @@ def alpha_query_expansion(
     if single:
         query, gallery = {"feature": query}, {"feature": gallery}
     items = ItemFeatures(query, gallery, device, query_name="query", gallery_name="gallery")
+    config.check_items(items.num_query, items.num_gallery)
     for round_ in range(config.qe_times):
         query, gallery = _expand_once(items, config.qe_k, config.alpha, int(chunk_size))
         if round_ + 1 < config.qe_times:

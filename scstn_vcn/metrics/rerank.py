@@ -102,6 +102,16 @@ class RerankConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def check_items(self, num_query: int, num_gallery: int) -> None:
+        """Raise a ValueError naming k1 unless the data has at least k1 + 1 items (queries + gallery): every
+        item's k1 + 1 nearest, itself included, must exist (k2 <= k1 + 1 then holds for the data too)."""
+        n = num_query + num_gallery
+        if self.k1 > n - 1:
+            raise ValueError(
+                f"rerank k1 = {self.k1} must be at most the number of items - 1 = {n - 1} ({num_query} queries + "
+                f"{num_gallery} gallery items): re-ranking needs each item's k1 + 1 nearest items, itself included"
+            )
+
 
 def _check_chunk(chunk_size) -> int:
     if not _is_int(chunk_size) or chunk_size < 1:
@@ -133,29 +143,34 @@ class KReciprocalEncoding:
     view's k1 + 1 nearest items (``knn.nearest_neighbours``); ``branches`` the features whose cosine
     distances the view sums. ``distances(start, stop, dist)`` turns the view's (stop - start, g)
     distances of queries [start, stop) into re-ranked distances.
+
+    The features are read while the encoding is built and not kept: the query chunks need only the
+    sparse encoding and the row maxima, so a caller that drops its ``items`` frees their device copies.
     """
 
     def __init__(self, items: ItemFeatures, branches, neighbours: Neighbours, config: RerankConfig, chunk_size: int):
-        self.items = items
         self.branches = items.check_branches(branches)
         self.config = config
         self.chunk_size = _check_chunk(chunk_size)
+        self.num_query, self.num_gallery, self.device = items.num_query, items.num_gallery, items.device
+        config.check_items(items.num_query, items.num_gallery)
         n = items.num_items
-        if neighbours.index.shape != (n, min(config.k1 + 1, n)):
+        if neighbours.index.shape != (n, config.k1 + 1):
             raise ValueError(
                 f"neighbours must hold the k1 + 1 = {config.k1 + 1} nearest of each of the {n} items, "
                 f"got shape {tuple(neighbours.index.shape)}"
             )
+        neighbours.check(items, self.branches)
         # A row whose maximum is 0 has only zero distances: divide it by 1.
         self.denominator = torch.where(neighbours.sq_max > 0, neighbours.sq_max, torch.ones_like(neighbours.sq_max))
-        v = self._encode(neighbours)
+        v = self._encode(items, neighbours)
         self.v_qe = self._expand(v, neighbours.index) if config.k2 > 1 else v
         self._build_gallery_index()
 
     # ---------------------------------------------------------------------------------- V
 
-    def _encode(self, neighbours: Neighbours) -> SparseRows:
-        n, dev = self.items.num_items, self.items.device
+    def _encode(self, items: ItemFeatures, neighbours: Neighbours) -> SparseRows:
+        n, dev = items.num_items, items.device
         index = neighbours.index
         k = index.shape[1]
         kh = min(self.config.expansion_k + 1, k)
@@ -185,7 +200,7 @@ class KReciprocalEncoding:
             local, pos = keep.nonzero(as_tuple=True)  # row-major: each row's members ascending
             row, col = local + start, members[local, pos]
             del members, keep, inside, half, half_ok
-            d = self._pair_distances(row, col, nn_keys, nn_order, nn_dist)
+            d = self._pair_distances(items, row, col, nn_keys, nn_order, nn_dist)
             weight = torch.exp((d * d).div_(self.denominator[row]).neg_())
             total = torch.zeros(stop - start, dtype=weight.dtype, device=dev).index_add_(0, local, weight)
             rows_out.append(row)
@@ -193,9 +208,9 @@ class KReciprocalEncoding:
             vals_out.append(weight.div_(total[local]))
         return SparseRows.from_sorted_entries(n, torch.cat(rows_out), torch.cat(cols_out), torch.cat(vals_out))
 
-    def _pair_distances(self, row, col, nn_keys, nn_order, nn_dist) -> torch.Tensor:
+    def _pair_distances(self, items: ItemFeatures, row, col, nn_keys, nn_order, nn_dist) -> torch.Tensor:
         """D[row[p], col[p]]: from the neighbour lists where col is among row's nearest, else computed."""
-        n = self.items.num_items
+        n = items.num_items
         key = row * n + col
         pos = torch.searchsorted(nn_keys, key).clamp_max_(nn_keys.numel() - 1)
         found = nn_keys[pos] == key
@@ -203,12 +218,12 @@ class KReciprocalEncoding:
         out[found] = nn_dist[nn_order[pos[found]]]
         missing = (~found).nonzero().flatten()
         if missing.numel():
-            out[missing] = self.items.pair_distances(self.branches, row[missing], col[missing]).to(out.dtype)
+            out[missing] = items.pair_distances(self.branches, row[missing], col[missing]).to(out.dtype)
         return out
 
     def _expand(self, v: SparseRows, index: torch.Tensor) -> SparseRows:
         """V_qe[i] = mean of V[j] over i's k2 nearest items, in chunks of rows."""
-        n, k2 = v.num_rows, min(self.config.k2, index.shape[1])
+        n, k2 = v.num_rows, self.config.k2
         rows_out, cols_out, vals_out = [], [], []
         for start in range(0, n, self.chunk_size):
             stop = min(start + self.chunk_size, n)
@@ -225,7 +240,7 @@ class KReciprocalEncoding:
 
     def _build_gallery_index(self) -> None:
         """For each column k, the gallery items j with V_qe[j, k] != 0 (ascending) and the values."""
-        q, n = self.items.num_query, self.items.num_items
+        q, n = self.num_query, self.num_query + self.num_gallery
         v = self.v_qe
         first = int(v.ptr[q])
         owner, _ = expand_ranges(v.ptr[q:n], v.ptr[q + 1 : n + 1])
@@ -239,8 +254,7 @@ class KReciprocalEncoding:
 
     def jaccard_overlap(self, start: int, stop: int) -> torch.Tensor:
         """m[i, j] = sum_k min(V_qe[i, k], V_qe[j, k]) for queries [start, stop) and all gallery items."""
-        g = self.items.num_gallery
-        dev = self.items.device
+        g, dev = self.num_gallery, self.device
         m = torch.zeros(stop - start, g, dtype=self.v_qe.val.dtype, device=dev)
         owner, pos = self.v_qe.entries_of(torch.arange(start, stop, device=dev))
         cols, vals = self.v_qe.col[pos], self.v_qe.val[pos]
@@ -265,10 +279,8 @@ class KReciprocalEncoding:
     def distances(self, start: int, stop: int, dist: torch.Tensor) -> torch.Tensor:
         """Re-ranked (stop - start, g) distances of queries [start, stop), given the view's distances
         ``dist`` of those queries to the gallery (not modified)."""
-        if dist.shape != (stop - start, self.items.num_gallery):
-            raise ValueError(
-                f"dist must have shape ({stop - start}, {self.items.num_gallery}), got {tuple(dist.shape)}"
-            )
+        if dist.shape != (stop - start, self.num_gallery):
+            raise ValueError(f"dist must have shape ({stop - start}, {self.num_gallery}), got {tuple(dist.shape)}")
         lam = float(self.config.lambda_value)
         m = self.jaccard_overlap(start, stop)
         # J = 1 - m / (2 - m), in place in m
@@ -295,7 +307,9 @@ def k_reciprocal_rerank(
 
     ``query`` (q, D) and ``gallery`` (g, D) are tensors or numpy arrays, or dicts of features with
     the same names (e.g. what ``FeatureExtractor`` returns): the distance is then the sum of their
-    cosine distances, as evaluation's "fusion". ``config`` defaults to ``RerankConfig()``. Work is done
+    cosine distances, as evaluation's "fusion"; query and gallery features of different dtypes are
+    promoted to one (``torch.promote_types``; float16 / bfloat16 features are re-ranked as their float32
+    upcast). ``config`` defaults to ``RerankConfig()``; its k1 must be below q + g. Work is done
     in chunks of ``chunk_size`` rows on ``device`` (default: the features'); the result, on that device,
     is the only (q, g) array; nothing of size (q + g)^2 is built.
     """
@@ -304,6 +318,7 @@ def k_reciprocal_rerank(
         raise TypeError(f"config must be a RerankConfig, got {type(config).__name__}")
     chunk_size = _check_chunk(chunk_size)
     items = _as_items(query, gallery, device)
+    config.check_items(items.num_query, items.num_gallery)
     branches, q = tuple(items.branches), items.num_query
     out = torch.empty(q, items.num_gallery, dtype=items.dtype, device=items.device)
 
@@ -316,6 +331,7 @@ def k_reciprocal_rerank(
     block = block_size_for(chunk_size, items.num_items)
     neighbours = nearest_neighbours(items, {"view": branches}, config.k1 + 1, block, on_block=keep_query_to_gallery)
     encoding = KReciprocalEncoding(items, branches, neighbours.pop("view"), config, chunk_size)
+    del items, neighbours  # the chunks read only the encoding and ``out``
     for start in range(0, q, chunk_size):
         stop = min(start + chunk_size, q)
         out[start:stop] = encoding.distances(start, stop, out[start:stop])

@@ -194,26 +194,35 @@ def _evaluate_feature_set(query, gallery, names, fusion, ids, *, chunk_size, dev
     gallery = {n: gallery[n].to(device) for n in names}
     g_inv = {n: inverse_norms(g) for n, g in gallery.items()}
 
-    def update(view, dist, start, stop, pids, camids):
+    # On the GPU the plain rows multiply float16 / bfloat16 features in their own precision; the re-ranked
+    # rows take the float32 product instead, the distances the encoding was built from.
+    low_precision = (torch.float16, torch.bfloat16)
+    upcast = bool(encodings) and device.type != "cpu" and any(gallery[n].dtype in low_precision for n in names)
+
+    def update(view, dist, exact, start, stop, pids, camids):
         evaluators[view + suffix].update(dist, pids, camids)
         if view in encodings:
-            evaluators[view + suffix + "+rk"].update(encodings[view].distances(start, stop, dist), pids, camids)
+            rk = encodings[view].distances(start, stop, dist if exact is None else exact)
+            evaluators[view + suffix + "+rk"].update(rk, pids, camids)
 
     for start in range(0, q_pids.shape[0], int(chunk_size)):
         stop = min(start + int(chunk_size), q_pids.shape[0])
         pids, camids = q_pids[start:stop], q_camids[start:stop]
-        fused = None
+        fused = fused_exact = None
         for n in names:
             q = query[n][start:stop].to(device)
             dist = cosine_distance_rows(q, gallery[n], inverse_norms(q), g_inv[n])
-            update(n, dist, start, stop, pids, camids)
+            exact = cosine_distance_rows(q, gallery[n], inverse_norms(q), g_inv[n], upcast=True) if upcast else None
+            update(n, dist, exact, start, stop, pids, camids)
             if n in fusion:
                 # Summed in place so at most one extra (chunk, gallery) matrix is alive for fusion.
                 fused = dist if fused is None else fused.add_(dist)
-            del dist
+                if exact is not None:
+                    fused_exact = exact if fused_exact is None else fused_exact.add_(exact)
+            del dist, exact
         if fusion:
-            update("fusion", fused, start, stop, pids, camids)
-        del fused
+            update("fusion", fused, fused_exact, start, stop, pids, camids)
+        del fused, fused_exact
     return {name: evaluator.compute() for name, evaluator in evaluators.items()}
 
 
@@ -264,6 +273,10 @@ def evaluate_features(
     rerank = _check_option(rerank, RerankConfig, "rerank")
     query_expansion = _check_option(query_expansion, QueryExpansionConfig, "query_expansion")
     names = _check_features(query_feats, gallery_feats, q_pids.shape[0], g_pids.shape[0])
+    # Against the data's size before any work (the settings' own ranges are checked by their configs).
+    for option in (rerank, query_expansion):
+        if option is not None:
+            option.check_items(q_pids.shape[0], g_pids.shape[0])
     fusion = tuple(fusion or ())
     # The fused views sum the branches in the features' order, as the chunk loop does.
     fusion = tuple(n for n in names if n in fusion) if fusion and all(n in names for n in fusion) else ()
