@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from scstn_vcn.commands._common import add_traceback_arg
-from scstn_vcn.data.synthetic import make_synthetic
+from scstn_vcn.data.synthetic import LAYOUTS, make_synthetic
 from scstn_vcn.data.synthetic_render import DEFAULT_DETECTION_ERROR, MAX_DETECTION_ERROR
 
 NAME = "make-synthetic"
@@ -40,6 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "shifts up to 0.4E of the height and 0.48E of the width; 0: centred, fixed scale "
         f"(default {DEFAULT_DETECTION_ERROR:g})",
     )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="market",
+        help="market: Market-1501's folders (--dataset synthetic); manifest: the same plus manifest.csv "
+        "(--dataset manifest --data-root ROOT/manifest.csv); folders: ROOT/<split>/<pid>/<image> "
+        "(--dataset folders); the same images in all three",
+    )
     parser.add_argument("--workers", type=int, default=0, help="processes drawing images (output is the same)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty folder that is not this set")
     add_traceback_arg(parser)
@@ -65,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         width=args.width,
         num_test_identities=args.test_identities,
         detection_error=args.detection_error,
+        layout=args.layout,
         overwrite=args.overwrite,
         workers=args.workers,
         verbose=True,

@@ -28,6 +28,7 @@ DEFAULTS = {
         "kwargs": {},  # extra Table 3 keyword arguments for build_model
     },
     "data": {
+        # One data set, or several trained on as one: a list (or "a,b"), with a list of roots of the same length.
         "name": "market1501",
         "root": None,
         "height": 384,
@@ -36,6 +37,9 @@ DEFAULTS = {
         "num_instances": 6,  # K
         "workers": 4,
         "kwargs": {},  # extra keyword arguments of the data set class, e.g. MSMT17's combine_trainval
+        # Refuse a data set in which a query's identity has no gallery image (default: report it, and
+        # evaluation counts such queries as invalid: "valid queries: N of M").
+        "strict_queries": False,
     },
     "loss": {"alpha": 0.5, "beta": 0.5, "gamma": 1.0e-7, "use_rll": True, "kwargs": {}},
     "optim": {
@@ -74,6 +78,13 @@ DEFAULTS = {
         "qe_k": 10,
         "qe_alpha": 3.0,
         "qe_times": 1,
+        # Data sets evaluated after training besides the training sets' own query/gallery (cross-domain):
+        # "name:root" strings or {name: ..., root: ...} mappings.
+        "targets": [],
+        # an evaluation report (scstn_vcn.report): the folder train / study write it to, or None; and how
+        # many gallery items of each query's ranked list it keeps
+        "report": None,
+        "report_topk": 10,
     },
 }
 
@@ -250,6 +261,10 @@ def validate(config):
         raise ConfigError(f"optim.lr must be a positive number, got {optim['lr']!r}")
     if not isinstance(data["workers"], int) or data["workers"] < 0:
         raise ConfigError(f"data.workers must be a non-negative integer, got {data['workers']!r}")
+    if not isinstance(data["strict_queries"], bool):
+        raise ConfigError(f"data.strict_queries must be true or false, got {data['strict_queries']!r}")
+    validate_data_sets(data)
+    eval_targets(config)
     validate_eval(config["eval"])
     return config
 
@@ -265,7 +280,7 @@ def _is_number(value):
 def validate_eval(section):
     """The eval section: positive sizes, booleans for the switches, and re-ranking / query expansion
     settings in their ranges (the same checks RerankConfig and QueryExpansionConfig make, named by key)."""
-    for key in ("batch_size", "chunk_size", "rerank_k1", "qe_k", "qe_times"):
+    for key in ("batch_size", "chunk_size", "rerank_k1", "qe_k", "qe_times", "report_topk"):
         if not _is_int(section[key]) or section[key] < 1:
             raise ConfigError(f"eval.{key} must be a positive integer, got {section[key]!r}")
     if not _is_int(section["workers"]) or section["workers"] < 0:
@@ -281,9 +296,70 @@ def validate_eval(section):
     lam = section["rerank_lambda"]
     if not _is_number(lam) or not 0 <= lam <= 1:
         raise ConfigError(f"eval.rerank_lambda must be a number in [0, 1], got {lam!r}")
+    if section["report"] is not None and not (isinstance(section["report"], str) and section["report"].strip()):
+        raise ConfigError(f"eval.report must be a folder path or null, got {section['report']!r}")
     alpha = section["qe_alpha"]
     if not _is_number(alpha) or not 0 <= alpha < float("inf"):
         raise ConfigError(f"eval.qe_alpha must be a finite number >= 0, got {alpha!r}")
+
+
+def _names(value, key):
+    """A data.name / data.root value as a list of non-empty strings ("a,b" is two)."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    items = [str(item).strip() if isinstance(item, (str, os.PathLike)) else item for item in items]
+    if not items or not all(isinstance(item, str) and item for item in items):
+        raise ConfigError(f"data.{key} must be a name or a list of names without empty entries, got {value!r}")
+    return items
+
+
+def validate_data_sets(data):
+    """data.name and data.root: one data set, or as many roots as names (lists, or comma-separated strings,
+    which become lists here). A single name keeps its root whole, commas and all."""
+    names = _names(data["name"], "name")
+    data["name"] = names[0] if len(names) == 1 else names
+    root = data["root"]
+    if root is None or len(names) == 1 and isinstance(root, (str, os.PathLike)):
+        return data
+    roots = _names(root, "root")
+    if len(roots) != len(names):
+        raise ConfigError(
+            f"data.root gives {len(roots)} folder(s) for the {len(names)} data set(s) of data.name "
+            f"({', '.join(names)}); give one root per name, in the same order (--dataset a,b --data-root A,B)"
+        )
+    data["root"] = roots[0] if len(roots) == 1 else roots
+    return data
+
+
+def data_sets(config):
+    """[(name, root)] of the data section: the data set(s) a run trains on (root None when not set)."""
+    data = config["data"]
+    names = data["name"] if isinstance(data["name"], list) else [data["name"]]
+    roots = data["root"] if isinstance(data["root"], list) else [data["root"]] * len(names)
+    return list(zip(names, roots))
+
+
+def eval_targets(config):
+    """[(name, root)] of eval.targets, each given as "name:root" or {name: ..., root: ...}."""
+    targets = config["eval"].get("targets") or []
+    if isinstance(targets, (str, dict)):
+        targets = [targets]
+    if not isinstance(targets, list):
+        raise ConfigError(f"eval.targets must be a list of 'name:root' or {{name, root}} entries, got {targets!r}")
+    out = []
+    for entry in targets:
+        if isinstance(entry, str) and ":" in entry:
+            name, root = (part.strip() for part in entry.split(":", 1))
+        elif isinstance(entry, dict) and set(entry) == {"name", "root"}:
+            name, root = str(entry["name"]).strip(), str(entry["root"]).strip()
+        else:
+            name = root = ""
+        if not name or not root:
+            raise ConfigError(
+                f"eval.targets: {entry!r} is not a target; expected 'name:root' (e.g. 'market1501:/data/market') "
+                "or a mapping with the keys name and root"
+            )
+        out.append((name, root))
+    return out
 
 
 def dump_config(config):

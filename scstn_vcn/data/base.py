@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SPLITS = ("train", "query", "gallery")
+JUNK_PID = -1  # boxes that are no one (Market's convention), dropped by every reader
 
 
 class Item(NamedTuple):
@@ -59,18 +61,61 @@ def relabel(items: Iterable[Item]) -> list[Item]:
 
 
 class ReIDDataset:
-    """A train / query / gallery split with the summary counts the model and engine need."""
+    """A train / query / gallery split with the summary counts the model and engine need.
+
+    ``required`` are the splits that must not be empty (the fixed layouts need all three); readers of
+    the user's own data require none at read time, and the engine asks for the ones it uses
+    (``require``): training needs ``train``, evaluation ``query`` and ``gallery``.
+    """
 
     name = "reid"
 
-    def __init__(self, train: list[Item], query: list[Item], gallery: list[Item], root: Path):
+    def __init__(
+        self, train: list[Item], query: list[Item], gallery: list[Item], root: Path, required: Sequence[str] = SPLITS
+    ):
         self.root = Path(root)
-        for split, items in (("train", train), ("query", query), ("gallery", gallery)):
-            if not items:
-                raise ValueError(f"{self.name}: the {split} split under {self.root} is empty (no usable images found)")
         self.train = train
         self.query = query
         self.gallery = gallery
+        self.require(required, f"the {self.name} layout")
+
+    def split_source(self, split: str) -> str:
+        """Where the images of ``split`` come from, for messages."""
+        return f"the {split} split under {self.root}"
+
+    def describe(self, item: Item) -> str:
+        """Where ``item`` came from, for messages (the image path; a manifest adds its line)."""
+        return f"image {item.path}"
+
+    def require(self, splits: Sequence[str], purpose: str) -> None:
+        """ValueError naming the first of ``splits`` that holds no image, and what needed it."""
+        for split in splits:
+            if not getattr(self, split):
+                raise ValueError(
+                    f"{self.name}: {self.split_source(split)} is empty (no usable images found); {purpose} needs it"
+                )
+
+    def queries_without_gallery(self) -> list[Item]:
+        """The query images whose identity has no image in the gallery: they can never be matched, and
+        evaluation counts them among the invalid queries."""
+        gallery_pids = {it.pid for it in self.gallery}
+        return [it for it in self.query if it.pid not in gallery_pids]
+
+    def check_queries(self, strict: bool = False) -> str | None:
+        """None when every query identity is in the gallery; otherwise a note saying how many queries are
+        not and naming the first, or, with ``strict``, that note as a ValueError."""
+        missing = self.queries_without_gallery()
+        if not missing:
+            return None
+        pids = sorted({it.pid for it in missing})
+        note = (
+            f"{self.name} at {self.root}: {len(missing)} of {len(self.query)} queries ({len(pids)} identities, "
+            f"e.g. identity {missing[0].pid}, {self.describe(missing[0])}) have no image of their identity "
+            f"in the gallery"
+        )
+        if strict:
+            raise ValueError(note + " (data.strict_queries is on; turn it off to evaluate the others)")
+        return note + "; evaluation counts them as invalid queries"
 
     @property
     def num_train_pids(self) -> int:

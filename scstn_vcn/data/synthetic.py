@@ -19,6 +19,10 @@ a CPU demo need images whose identities are defined by what the paper is about:
 * **Market conventions.** ``bounding_box_train/``, ``query/``, ``bounding_box_test/``; names like
   ``0002_c1s1_000451_00.jpg``; gallery distractors with identity 0 (random people outside every
   split) and junk with identity -1 (background only, or a person cut off by a bad box).
+* **The user's layouts.** ``layout="manifest"`` adds ``manifest.csv`` (scstn_vcn.data.manifest) listing
+  the same files; ``layout="folders"`` writes the same files as ``<split>/<pid>/<name>``
+  (scstn_vcn.data.identity_folders: ``train``, ``query``, ``gallery``, junk under ``gallery/-1``). The
+  images are the same bytes in every layout, and each layout's reader gives the same lists.
 
 Same parameters and seed -> byte-identical files (every image draws from its own seeded stream).
 The set is written into a temporary sibling folder and renamed into place at the end, with the
@@ -28,6 +32,7 @@ looks complete; an existing set with the same marker is reused as is.
 
 from __future__ import annotations
 
+import csv
 import json
 import multiprocessing as mp
 import os
@@ -42,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from .folder_layout import SPLIT_FOLDERS, MarketLayoutDataset
+from .manifest import DEFAULT_FILE as MANIFEST_FILE
 from .synthetic_render import (
     DEFAULT_DETECTION_ERROR,
     Camera,
@@ -56,6 +62,8 @@ MARKER = "synthetic.json"
 FORMAT_VERSION = 1
 # Stream ids so that each kind of draw has its own reproducible random stream.
 _DESIGN, _CAMERA, _TRAIN, _QUERY, _GALLERY, _DISTRACTOR, _JUNK = range(7)
+# Where the images go: Market-1501's folders (also with a manifest listing them), or a folder per identity.
+LAYOUTS = ("market", "manifest", "folders")
 
 
 class SyntheticReID(MarketLayoutDataset):
@@ -128,6 +136,7 @@ def make_synthetic(
     jpeg_quality: int = 90,
     num_test_identities: int | None = None,
     detection_error: float = DEFAULT_DETECTION_ERROR,
+    layout: str = "market",
     overwrite: bool = False,
     workers: int = 0,
     verbose: bool = False,
@@ -151,6 +160,9 @@ def make_synthetic(
             training identities.
         detection_error: how badly the "detector" frames each person, in [0, 0.5] (see
             ``synthetic_render.detection_error_box``); 0.25 (the default) is the set's usual error.
+        layout: "market" (Market-1501's folders, read as ``synthetic``), "manifest" (the same plus
+            ``manifest.csv``, read as ``manifest``) or "folders" (``<split>/<pid>/<name>``, read as
+            ``folders``); the images are the same in all three.
         overwrite: replace an existing non-empty ``root`` that is not this exact set. Without it such
             a folder is refused (FileExistsError); an existing set with the same parameters is reused.
         workers: processes drawing images (0 or 1: this process); the files do not depend on it.
@@ -178,12 +190,16 @@ def make_synthetic(
             f"(2..{num_identities - 2} of num_identities={num_identities}), got {num_test_identities}"
         )
     detection_error_box(detection_error)  # checks the range
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     extra = {}
     # The new knobs enter the marker only when used, so the default set keeps its bytes.
     if num_test_identities is not None:
         extra["num_test_identities"] = int(num_test_identities)
     if float(detection_error) != DEFAULT_DETECTION_ERROR:
         extra["detection_error"] = float(detection_error)
+    if layout != "market":
+        extra["layout"] = layout
     params = _params(
         num_identities=num_identities,
         seed=seed,
@@ -277,11 +293,17 @@ def _plan(out: Path, p: dict) -> tuple[list[_Job], dict]:
     cameras = [random_camera(np.random.default_rng([seed, _CAMERA, c])) for c in range(C)]
     counts = {"train": 0, "query": 0, "gallery": 0, "distractors": 0, "junk": 0}
     jobs: list[_Job] = []
+    manifest: list[tuple[str, int, int, str]] = []  # (relative path, pid, 0-based camera, split) per image
 
-    def add(folder: str, kind: str, pid: int, cam: int, stream: int, key: int, look: Look | None, **kw) -> None:
+    def add(split: str, kind: str, pid: int, cam: int, stream: int, key: int, look: Look | None, **kw) -> None:
         frame = len(jobs) + 1
         name = f"{pid:04d}_c{cam + 1}s1_{frame:06d}_00.jpg" if pid >= 0 else f"-1_c{cam + 1}s1_{frame:06d}_00.jpg"
-        jobs.append(_Job(out / SPLIT_FOLDERS[folder] / name, (seed, stream, max(pid, 0), key), look, cameras[cam], kw))
+        if p.get("layout") == "folders":
+            path = out / split / (f"{pid:04d}" if pid >= 0 else "-1") / name
+        else:
+            path = out / SPLIT_FOLDERS[split] / name
+        jobs.append(_Job(path, (seed, stream, max(pid, 0), key), look, cameras[cam], kw))
+        manifest.append((path.relative_to(out).as_posix(), pid, cam, split))
         counts[kind] += 1
 
     for pid in range(1, n_train + 1):  # training identities: pids 1..n_train
@@ -306,13 +328,25 @@ def _plan(out: Path, p: dict) -> tuple[list[_Job], dict]:
             # A box far too tight, whatever the detection error level: junk by construction.
             add("gallery", "junk", -1, cam, _JUNK, k, random_look(rng), scale_range=(1.6, 2.2), shift=(0.35, 0.4))
     pairs = [[a, a + 1] for start, n in ((1, n_train), (n_train + 1, n_test)) for a in range(start, start + n - 1, 2)]
-    return jobs, {"counts": counts, "num_train_ids": n_train, "num_test_ids": n_test, "swap_pairs": pairs}
+    info = {"counts": counts, "num_train_ids": n_train, "num_test_ids": n_test, "swap_pairs": pairs}
+    return jobs, info, manifest
+
+
+def _write_manifest(path: Path, rows: list[tuple[str, int, int, str]]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["path", "pid", "camid", "split"])
+        writer.writerows(rows)
 
 
 def _write(out: Path, p: dict, workers: int) -> dict:
-    for folder in SPLIT_FOLDERS.values():
-        (out / folder).mkdir(parents=True)
-    jobs, info = _plan(out, p)
+    jobs, info, manifest = _plan(out, p)
+    for folder in sorted({job.path.parent for job in jobs}):
+        folder.mkdir(parents=True, exist_ok=True)
+    if p.get("layout") == "manifest":
+        # In each split's file-name order, the order in which the Market-1501 reader lists them.
+        order = {split: i for i, split in enumerate(SPLIT_FOLDERS)}
+        _write_manifest(out / MANIFEST_FILE, sorted(manifest, key=lambda row: (order[row[3]], row[0])))
     run = partial(_run_job, height=p["height"], width=p["width"], quality=p["jpeg_quality"])
     if workers > 1:
         # Each image has its own random stream, so the output does not depend on the process count.
