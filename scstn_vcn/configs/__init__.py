@@ -11,6 +11,7 @@ recipe file.
 
 import copy
 import os
+import re
 
 import yaml
 
@@ -85,6 +86,9 @@ DEFAULTS = {
         # many gallery items of each query's ranked list it keeps
         "report": None,
         "report_topk": 10,
+        # verification (scstn_vcn.metrics.verification): the TPR and distance threshold at these target FPRs
+        # over all query-gallery pairs, for every row; [] turns it off
+        "fprs": [1e-4, 1e-3, 1e-2],
     },
 }
 
@@ -201,17 +205,25 @@ def apply_override(config, parts, value, text=None):
 def load_config(name_or_path=None, overrides=()):
     """DEFAULTS <- preset <- overrides ("section.key=value" strings or (parts, value) pairs)."""
     config = copy.deepcopy(DEFAULTS)
+    layers = []
     if name_or_path:
-        config = merge(config, read_preset(resolve_preset(name_or_path)))
+        path = resolve_preset(name_or_path)
+        preset = read_preset(path)
+        config = merge(config, preset)
+        layers.append((f"--config {path}", set(flat_keys(preset))))
     apply_overrides(config, overrides)
-    validate(config)
+    layers.append((COMMAND_LINE, override_keys(overrides)))
+    validate(config, origin_of(layers))
     return config
 
 
-def config_from_saved(saved, overrides=()):
+def config_from_saved(saved, overrides=(), source="the saved configuration"):
     """DEFAULTS <- a config saved with a run (a checkpoint's "config") <- overrides, validated: keys
-    added to DEFAULTS after the run was saved get their defaults."""
-    return validate(apply_overrides(merge(DEFAULTS, saved), overrides))
+    added to DEFAULTS after the run was saved get their defaults; `source` names the file in errors.
+    This keeps the saved training recipe (train --resume of one's own run); to run a model from a file,
+    config_from_model takes from it only what defines the model."""
+    layers = [(source, set(flat_keys(saved))), (COMMAND_LINE, override_keys(overrides))]
+    return validate(apply_overrides(merge(DEFAULTS, saved), overrides), origin_of(layers))
 
 
 def apply_overrides(config, overrides):
@@ -225,8 +237,10 @@ def apply_overrides(config, overrides):
     return config
 
 
-def validate(config):
-    """Check the values whose mistakes would otherwise surface deep inside training."""
+def validate(config, source="the configuration"):
+    """Check the values whose mistakes would otherwise surface deep inside training. `source` (a string, or a
+    function of a "section.key" name) says where a value came from, in validate_runtime's errors."""
+    validate_runtime(config, source)
     model, data, train, optim = config["model"], config["data"], config["train"], config["optim"]
     if model["variant"] not in ("O", "M"):
         raise ConfigError(f"model.variant must be 'O' or 'M', got {model['variant']!r}")
@@ -259,8 +273,6 @@ def validate(config):
         raise ConfigError(f"optim.warmup_epochs must be a non-negative integer, got {optim['warmup_epochs']!r}")
     if not (isinstance(optim["lr"], (int, float)) and optim["lr"] > 0):
         raise ConfigError(f"optim.lr must be a positive number, got {optim['lr']!r}")
-    if not isinstance(data["workers"], int) or data["workers"] < 0:
-        raise ConfigError(f"data.workers must be a non-negative integer, got {data['workers']!r}")
     if not isinstance(data["strict_queries"], bool):
         raise ConfigError(f"data.strict_queries must be true or false, got {data['strict_queries']!r}")
     validate_data_sets(data)
@@ -277,30 +289,26 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _number_or_same(value):
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
 def validate_eval(section):
-    """The eval section: positive sizes, booleans for the switches, and re-ranking / query expansion
-    settings in their ranges (the same checks RerankConfig and QueryExpansionConfig make, named by key)."""
-    for key in ("batch_size", "chunk_size", "rerank_k1", "qe_k", "qe_times", "report_topk"):
-        if not _is_int(section[key]) or section[key] < 1:
-            raise ConfigError(f"eval.{key} must be a positive integer, got {section[key]!r}")
-    if not _is_int(section["workers"]) or section["workers"] < 0:
-        raise ConfigError(f"eval.workers must be a non-negative integer, got {section['workers']!r}")
-    for key in ("rerank", "query_expansion"):
-        if not isinstance(section[key], bool):
-            raise ConfigError(f"eval.{key} must be true or false, got {section[key]!r}")
-    k2 = section["rerank_k2"]
-    if not _is_int(k2) or not 1 <= k2 <= section["rerank_k1"] + 1:
-        raise ConfigError(
-            f"eval.rerank_k2 must be an integer from 1 to eval.rerank_k1 + 1 = {section['rerank_k1'] + 1}, got {k2!r}"
-        )
-    lam = section["rerank_lambda"]
-    if not _is_number(lam) or not 0 <= lam <= 1:
-        raise ConfigError(f"eval.rerank_lambda must be a number in [0, 1], got {lam!r}")
+    """The eval section's report settings (validate_runtime checks its sizes, workers, re-ranking and query
+    expansion settings)."""
+    if not _is_int(section["report_topk"]) or section["report_topk"] < 1:
+        raise ConfigError(f"eval.report_topk must be a positive integer, got {section['report_topk']!r}")
     if section["report"] is not None and not (isinstance(section["report"], str) and section["report"].strip()):
         raise ConfigError(f"eval.report must be a folder path or null, got {section['report']!r}")
-    alpha = section["qe_alpha"]
-    if not _is_number(alpha) or not 0 <= alpha < float("inf"):
-        raise ConfigError(f"eval.qe_alpha must be a finite number >= 0, got {alpha!r}")
+    fprs = section["fprs"]
+    if isinstance(fprs, (list, tuple)):
+        # YAML 1.1 reads 1e-3 as a string, in a list too; the number is what it means here.
+        fprs = section["fprs"] = [_number_or_same(f) for f in fprs]
+    if not isinstance(fprs, (list, tuple)) or not all(_is_number(f) and 0 < f < 1 for f in fprs):
+        raise ConfigError(f"eval.fprs must be a list of target false positive rates in (0, 1), got {fprs!r}")
 
 
 def _names(value, key):
@@ -360,6 +368,140 @@ def eval_targets(config):
             )
         out.append((name, root))
     return out
+
+
+# ------------------------------------------------------------------------------ runtime settings
+# How a run runs (threads, worker processes, batch and chunk sizes, the device, folders, the evaluation's
+# re-ranking and query expansion) is the user's: presets, --set and flags, or for `train --resume` the
+# user's own checkpoint; a model file never sets it (config_from_model). It is checked here whatever its
+# source, so that a value that would fork 100,000 workers or start 100,000 threads stops with one line
+# naming the key, what was expected and where the value came from.
+
+COMMAND_LINE = "--set or a command-line flag"
+PER_CPU = 4  # threads and worker processes: at most this many per CPU of the machine (oversubscribed beyond)
+MAX_BATCH = 4096  # images per forward pass: 4,096 inputs of 384 x 128 are 2.4 GB of float32 already
+MAX_CHUNK = 1 << 20  # query rows per block of the distance matrix
+MAX_QE_TIMES = 100  # rounds of query expansion (fast-reid's default is 1)
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def cpu_limit():
+    """The most threads or worker processes a setting may ask for on this machine: PER_CPU per CPU."""
+    return PER_CPU * (os.cpu_count() or 1)
+
+
+# "section.key" -> (smallest, largest or a function giving it, what the largest is); integers only.
+RUNTIME_INTEGERS = {
+    "train.threads": (0, cpu_limit, f"{PER_CPU} per CPU; 0 keeps torch's default"),
+    "data.workers": (0, cpu_limit, f"{PER_CPU} per CPU; 0 loads in the main process"),
+    "eval.workers": (0, cpu_limit, f"{PER_CPU} per CPU; 0 loads in the main process"),
+    "eval.batch_size": (1, MAX_BATCH, "images per forward pass"),
+    "eval.chunk_size": (1, MAX_CHUNK, "query rows per distance block"),
+    # k1's real bound, the number of items - 1, is known only at evaluation (RerankConfig.check_items).
+    "eval.rerank_k1": (1, None, ""),
+    "eval.qe_k": (1, None, ""),
+    "eval.qe_times": (1, MAX_QE_TIMES, "rounds of query expansion"),
+}
+
+
+def flat_keys(tree, prefix=""):
+    """The "section.key" names a nested config (or part of one) sets; kwargs dicts count as one key."""
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "kwargs":
+            yield from flat_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def override_keys(overrides):
+    """The "section.key" names that overrides ("section.key=value" strings or (parts, value) pairs) set."""
+    return {".".join(parse_override(item)[0] if isinstance(item, str) else item[0]) for item in overrides}
+
+
+def origin_of(layers, default="the defaults"):
+    """A function "section.key" -> where its value came from: the last of `layers` ((description, set of
+    "section.key" names)) that sets it, else `default`."""
+
+    def origin(key):
+        return next((where for where, keys in reversed(layers) if key in keys), default)
+
+    return origin
+
+
+def _runtime_error(source, key, expected, value):
+    where = source(key) if callable(source) else source
+    return ConfigError(f"{key} must be {expected}, got {value!r} (from {where})")
+
+
+def check_runtime_integer(key, value, source="the configuration"):
+    """`value` if it is an integer in the range RUNTIME_INTEGERS gives `key`, else a ConfigError naming the
+    key, the range and `source`."""
+    low, high, why = RUNTIME_INTEGERS[key]
+    high = high() if callable(high) else high
+    if not _is_int(value) or value < low or high is not None and value > high:
+        expected = f"an integer >= {low}" if high is None else f"an integer from {low} to {high} ({why})"
+        raise _runtime_error(source, key, expected, value)
+    return value
+
+
+def validate_runtime(config, source="the configuration"):
+    """Check how the run runs: thread and worker counts, batch and chunk sizes, the device, the folders and the
+    evaluation's re-ranking / query expansion settings (RerankConfig's and QueryExpansionConfig's ranges). One
+    ConfigError names the key, what was expected and where the value came from (`source`: a string, or a
+    function of the "section.key" name)."""
+    for name in RUNTIME_INTEGERS:
+        section, key = name.split(".")
+        check_runtime_integer(name, config[section][key], source)
+    train, data, section = config["train"], config["data"], config["eval"]
+    device = train["device"]
+    if device is not None and not (isinstance(device, str) and DEVICE_PATTERN.fullmatch(device)):
+        raise _runtime_error(source, "train.device", "auto, cpu, cuda or cuda:N", device)
+    if not (isinstance(train["output"], (str, os.PathLike)) and os.fspath(train["output"]).strip()):
+        raise _runtime_error(source, "train.output", "a folder path", train["output"])
+    roots = data["root"] if isinstance(data["root"], (list, tuple)) else [data["root"]]
+    if data["root"] is not None and not all(isinstance(root, (str, os.PathLike)) for root in roots):
+        raise _runtime_error(source, "data.root", "a folder path, a list of them, or null", data["root"])
+    for key in ("rerank", "query_expansion"):
+        if not isinstance(section[key], bool):
+            raise _runtime_error(source, f"eval.{key}", "true or false", section[key])
+    k1, k2 = section["rerank_k1"], section["rerank_k2"]
+    if not _is_int(k2) or not 1 <= k2 <= k1 + 1:
+        raise _runtime_error(source, "eval.rerank_k2", f"an integer from 1 to eval.rerank_k1 + 1 = {k1 + 1}", k2)
+    lam = section["rerank_lambda"]
+    if not _is_number(lam) or not 0 <= lam <= 1:
+        raise _runtime_error(source, "eval.rerank_lambda", "a number in [0, 1]", lam)
+    alpha = section["qe_alpha"]
+    if not _is_number(alpha) or not 0 <= alpha < float("inf"):
+        raise _runtime_error(source, "eval.qe_alpha", "a finite number >= 0", alpha)
+    return config
+
+
+# ------------------------------------------------------------------------------ what a model file defines
+# The model (MODEL_IDENTITY_KEYS), the input size it was trained at and the training data's name; nothing of
+# how the recipient's run runs. model.pretrained (the backbone's initial weights, a path on the author's
+# machine) is not part of it: the file's own weights replace them.
+MODEL_SETTINGS = {"model": ("backbone", "variant", "ablation", "kwargs"), "data": ("name", "height", "width")}
+
+
+def model_settings(config):
+    """The part of a (saved) configuration that defines the model: MODEL_SETTINGS's keys it has."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"the configuration is a {type(config).__name__}, expected a mapping of sections")
+    out = {}
+    for section, keys in MODEL_SETTINGS.items():
+        saved = config.get(section, {})
+        if not isinstance(saved, dict):
+            raise ConfigError(f"its {section!r} section is a {type(saved).__name__}, expected a mapping")
+        out[section] = {key: copy.deepcopy(saved[key]) for key in keys if key in saved}
+    return out
+
+
+def config_from_model(saved, overrides=(), source="the model file"):
+    """DEFAULTS <- the model settings of a saved configuration (a model file's or a checkpoint's) <- overrides,
+    validated: how the run runs comes from the defaults and the overrides only, never from the file."""
+    settings = model_settings(saved)
+    layers = [(source, set(flat_keys(settings))), (COMMAND_LINE, override_keys(overrides))]
+    return validate(apply_overrides(merge(DEFAULTS, settings), overrides), origin_of(layers))
 
 
 def dump_config(config):

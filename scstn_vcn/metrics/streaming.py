@@ -37,9 +37,11 @@ import torch
 from .distance import _as_feature_tensor, cosine_distance_rows, inverse_norms
 from .item_features import ItemFeatures
 from .knn import block_size_for, nearest_neighbours
+from .per_query import PerQueryRecorder, check_topk
 from .query_expansion import QueryExpansionConfig, alpha_query_expansion
 from .rank import JUNK_PID, as_1d_array, check_max_rank, no_valid_query_error
 from .rerank import KReciprocalEncoding, RerankConfig
+from .verification import DEFAULT_FPRS, StreamingVerification, check_fprs, verification_row
 
 DEFAULT_CHUNK_SIZE = 512
 
@@ -52,10 +54,12 @@ class StreamingRankEvaluator:
 
     ``update(dist_chunk, q_pids, q_camids)`` takes a (B, num_gallery) tensor of distances for
     B queries; after all chunks, ``compute()`` returns the same dict as ``evaluate_rank_full``
-    on the stacked rows (same protocol, same stable tie-breaking).
+    on the stacked rows (same protocol, same stable tie-breaking). With ``record_topk=k`` it also keeps
+    each query's AP, first-match rank and first k sorted gallery items (scstn_vcn.metrics.per_query),
+    returned as ``compute()["per_query"]``.
     """
 
-    def __init__(self, g_pids, g_camids, max_rank: int = 50, device=None):
+    def __init__(self, g_pids, g_camids, max_rank: int = 50, device=None, record_topk: int | None = None):
         g_pids_np = as_1d_array("g_pids", g_pids)
         g_camids_np = as_1d_array("g_camids", g_camids, g_pids_np.shape[0], "g_pids")
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -67,6 +71,7 @@ class StreamingRankEvaluator:
         self.ap_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.inp_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.num_valid = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.recorder = PerQueryRecorder(record_topk) if record_topk is not None else None
 
     @property
     def num_gallery(self) -> int:
@@ -90,6 +95,8 @@ class StreamingRankEvaluator:
 
         order = torch.sort(dist_chunk, dim=1, stable=True).indices
         code = code.gather(1, order)
+        if self.recorder is not None:
+            self.recorder.add_sorted(dist_chunk, order, code)
         del order
         # kept_rank[i, p] = 1-based rank among kept images of the image at sorted position p.
         kept_rank = (code != _DISCARDED).cumsum(1, dtype=torch.int32)
@@ -107,8 +114,11 @@ class StreamingRankEvaluator:
         first = ranks[starts[valid]]
         last = ranks[starts[valid] + n - 1]
 
-        self.ap_sum += (ap[valid] / n).sum()
-        self.inp_sum += (n / last).sum()
+        ap, inp = ap[valid] / n, n / last
+        if self.recorder is not None:
+            self.recorder.add_metrics(valid, ap, inp, first, counts)
+        self.ap_sum += ap.sum()
+        self.inp_sum += inp.sum()
         self.num_valid += valid.sum()
         first = first.to(torch.int64)
         hits = first <= self.max_rank
@@ -119,12 +129,15 @@ class StreamingRankEvaluator:
         if num_valid == 0:
             raise no_valid_query_error()
         cmc = torch.cumsum(self.first_rank_hist, 0).to(torch.float64) / num_valid
-        return {
+        result = {
             "cmc": cmc.cpu().numpy(),
             "mAP": float(self.ap_sum.item()) / num_valid,
             "mINP": float(self.inp_sum.item()) / num_valid,
             "num_valid_queries": num_valid,
         }
+        if self.recorder is not None:
+            result["per_query"] = self.recorder.compute()
+        return result
 
 
 def _summary(result: dict, max_rank: int) -> dict:
@@ -137,6 +150,8 @@ def _summary(result: dict, max_rank: int) -> dict:
         "mINP": result["mINP"],
         "cmc": cmc[:max_rank],
         "num_valid_queries": result["num_valid_queries"],
+        **({"per_query": result["per_query"]} if "per_query" in result else {}),
+        **(verification_row(result["verification"]) if "verification" in result else {}),
     }
 
 
@@ -173,12 +188,14 @@ def _check_option(value, cls, name):
 
 
 @torch.no_grad()
-def _evaluate_feature_set(query, gallery, names, fusion, ids, *, chunk_size, device, cmc_len, suffix, rerank):
+def _evaluate_feature_set(
+    query, gallery, names, fusion, ids, *, chunk_size, device, cmc_len, suffix, rerank, record_topk=None, fprs=()
+):
     """{name + suffix: result} for the features and their fusion, and with ``rerank`` also
     {name + suffix + "+rk": result} from the re-ranked distances of the same query chunks."""
     q_pids, g_pids, q_camids, g_camids = ids
     outputs = names + (["fusion"] if fusion else [])
-    evaluators = {n + suffix: StreamingRankEvaluator(g_pids, g_camids, cmc_len, device) for n in outputs}
+    evaluators = {n + suffix: StreamingRankEvaluator(g_pids, g_camids, cmc_len, device, record_topk) for n in outputs}
     encodings = {}
     if rerank is not None:
         items = ItemFeatures(query, gallery, device)
@@ -189,8 +206,12 @@ def _evaluate_feature_set(query, gallery, names, fusion, ids, *, chunk_size, dev
         neighbours = nearest_neighbours(items, views, rerank.k1 + 1, block_size_for(int(chunk_size), items.num_items))
         for view, branches in views.items():
             encodings[view] = KReciprocalEncoding(items, branches, neighbours.pop(view), rerank, int(chunk_size))
-            evaluators[view + suffix + "+rk"] = StreamingRankEvaluator(g_pids, g_camids, cmc_len, device)
+            evaluators[view + suffix + "+rk"] = StreamingRankEvaluator(g_pids, g_camids, cmc_len, device, record_topk)
         del items, neighbours
+    # Every row's distances also feed its TPR@FPR accumulator (scstn_vcn.metrics.verification).
+    verifiers = {
+        key: StreamingVerification(q_pids, q_camids, g_pids, g_camids, fprs, device) for key in evaluators if fprs
+    }
     gallery = {n: gallery[n].to(device) for n in names}
     g_inv = {n: inverse_norms(g) for n, g in gallery.items()}
 
@@ -201,9 +222,13 @@ def _evaluate_feature_set(query, gallery, names, fusion, ids, *, chunk_size, dev
 
     def update(view, dist, exact, start, stop, pids, camids):
         evaluators[view + suffix].update(dist, pids, camids)
+        if verifiers:
+            verifiers[view + suffix].update(dist, pids, camids)
         if view in encodings:
             rk = encodings[view].distances(start, stop, dist if exact is None else exact)
             evaluators[view + suffix + "+rk"].update(rk, pids, camids)
+            if verifiers:
+                verifiers[view + suffix + "+rk"].update(rk, pids, camids)
 
     for start in range(0, q_pids.shape[0], int(chunk_size)):
         stop = min(start + int(chunk_size), q_pids.shape[0])
@@ -223,7 +248,10 @@ def _evaluate_feature_set(query, gallery, names, fusion, ids, *, chunk_size, dev
         if fusion:
             update("fusion", fused, fused_exact, start, stop, pids, camids)
         del fused, fused_exact
-    return {name: evaluator.compute() for name, evaluator in evaluators.items()}
+    results = {name: evaluator.compute() for name, evaluator in evaluators.items()}
+    for name, verifier in verifiers.items():
+        results[name]["verification"] = verifier.compute()
+    return results
 
 
 @torch.no_grad()
@@ -241,6 +269,8 @@ def evaluate_features(
     max_rank: int = 50,
     rerank: RerankConfig | None = None,
     query_expansion: QueryExpansionConfig | None = None,
+    record_topk: int | None = None,
+    fprs: Sequence[float] | None = DEFAULT_FPRS,
 ) -> dict[str, dict]:
     """Cosine-distance evaluation of every feature, and of their fusion, in query chunks; optionally
     with k-reciprocal re-ranking and alpha-query expansion as well.
@@ -258,6 +288,16 @@ def evaluate_features(
     on alpha-query-expanded features (scstn_vcn.metrics.query_expansion; one more copy of the features);
     with both, the re-ranked rows are ``name + "+qe+rk"``: re-ranking of the expanded features. The
     plain rows are always there.
+
+    ``record_topk=k`` adds ``"per_query"`` to every row: its PerQueryRecords (scstn_vcn.metrics.per_query:
+    each query's AP, INP, first-match rank and first k sorted gallery items), taken from the same sorted
+    rows as the metrics, in O(num_query * k) memory.
+
+    ``fprs`` (default 1e-4, 1e-3, 1e-2; None or () turns it off) adds verification to every row, "+rk"
+    rows included (scstn_vcn.metrics.verification): over all pairs the protocol keeps, exact, streamed,
+    "TPR@FPR=1e-4": the TPR at the ROC point with the largest FPR <= 1e-4, "threshold@FPR=1e-4": its
+    distance threshold (same person when distance <= it), and "verification": the points, the pair
+    counts and a thinned ROC curve. About 50 MB per row at MSMT17 scale.
 
     Returns ``{name: {"rank1", "rank5", "rank10", "mAP", "mINP": float in [0, 1],
     "cmc": array (max_rank,), "num_valid_queries": int}}``. ``device`` defaults to the
@@ -290,6 +330,8 @@ def evaluate_features(
     # rank-10 is always reported, so the CMC is accumulated to at least 10 ranks.
     ids = (q_pids, g_pids, q_camids, g_camids)
     settings = {"chunk_size": chunk_size, "device": device, "cmc_len": max(max_rank, 10)}
+    settings["record_topk"] = None if record_topk is None else check_topk(record_topk)
+    settings["fprs"] = check_fprs(fprs or (), "fprs")
     results = _evaluate_feature_set(
         query, gallery, names, fusion, ids, suffix="", rerank=None if query_expansion else rerank, **settings
     )
