@@ -19,6 +19,7 @@ COMMANDS = (
     "convert_checkpoint",
     "extract",
     "search",
+    "index",
     "make_synthetic",
     "study",
 )

@@ -6,6 +6,7 @@ import numpy as np
 
 from scstn_vcn.commands._common import add_inference_args, feature_extractor, progress
 from scstn_vcn.commands.image_inputs import list_images
+from scstn_vcn.commands.search_index import add_index_args, search_index
 from scstn_vcn.engine.errors import UsageError
 
 NAME = "search"
@@ -14,8 +15,9 @@ HELP = "rank a gallery of images against a query image; draw the top k"
 
 def add_arguments(parser):
     add_inference_args(parser)
-    parser.add_argument("--query", required=True, metavar="IMAGE")
-    parser.add_argument("--gallery", required=True, metavar="DIR|GLOB|LIST.txt")
+    parser.add_argument("--query", metavar="IMAGE", help="the query image (or --query-features with --index)")
+    parser.add_argument("--gallery", metavar="DIR|GLOB|LIST.txt", help="the gallery images (or --index)")
+    add_index_args(parser)
     parser.add_argument("--topk", type=int, default=10)
     parser.add_argument("--output", default="ranked.png", metavar="PNG", help="the figure (default ranked.png)")
 
@@ -33,6 +35,10 @@ def rank_gallery(distances, gallery_paths, query_path, topk):
 def run(args):
     from scstn_vcn.figures import draw_ranked
 
+    if args.index:
+        return search_index(args)
+    if args.query is None or args.gallery is None:
+        raise UsageError("give --query IMAGE and --gallery DIR|GLOB|LIST.txt, or --index INDEX (scstn-vcn index)")
     if args.topk < 1:
         raise UsageError(f"--topk must be a positive integer, got {args.topk}")
     if not os.path.isfile(args.query):

@@ -1,0 +1,142 @@
+"""`scstn-vcn index` and `scstn-vcn search --index` over feature folders, against a dense numpy reference."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from scstn_vcn.cli import main
+from scstn_vcn.metrics.feature_store import FeatureStoreWriter
+from scstn_vcn.metrics.gallery_index import GalleryIndex, index_factory_for
+
+pytest.importorskip("faiss", reason="faiss is not installed (pip install '.[faiss]')")
+
+
+def _clustered(n, seed, centres):
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, centres["global"].shape[0], n)
+    return {
+        name: (c[label] + 0.4 * rng.standard_normal((n, c.shape[1]))).astype(np.float32) for name, c in centres.items()
+    }
+
+
+def _folder(path, feats, first=0):
+    n = feats["global"].shape[0]
+    paths = [f"images/{first + i:06d}_c{i % 4 + 1}.jpg" for i in range(n)]
+    writer = FeatureStoreWriter(path, paths, {b: f.shape[1] for b, f in feats.items()}, pids=np.arange(n) + first)
+    writer.prepare()
+    for shard in range(writer.num_shards):
+        start, stop = writer.shard_rows(shard)
+        writer.write_shard(shard, {b: f[start:stop] for b, f in feats.items()})
+    writer.finish()
+    return paths
+
+
+def _dense_topk(query, gallery, k):
+    dist = 0
+    for name in ("global", "spatial"):
+        q = query[name].astype(np.float64)
+        g = gallery[name].astype(np.float64)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        g /= np.linalg.norm(g, axis=1, keepdims=True)
+        dist = dist + (1 - q @ g.T)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(dist, order, 1)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    base = tmp_path_factory.mktemp("index")
+    rng = np.random.default_rng(0)
+    centres = {"global": rng.standard_normal((40, 16)), "spatial": rng.standard_normal((40, 8))}
+    gallery, extra, query = _clustered(1500, 1, centres), _clustered(300, 2, centres), _clustered(60, 3, centres)
+    _folder(base / "gallery", gallery)
+    extra_paths = _folder(base / "extra", extra, first=1500)
+    _folder(base / "query", query)
+    return base, gallery, extra, query, extra_paths
+
+
+def _search(base, index, *more):
+    out = base / "results.json"
+    argv = ["search", "--checkpoint", "unused", "--index", str(index), "--query-features", str(base / "query")]
+    assert main(argv + ["--topk", "10", "--results", str(out), *more]) == 0
+    found = json.loads(out.read_text())["queries"]
+    return np.array([q["items"] for q in found]), np.array([q["distances"] for q in found])
+
+
+def test_flat_index_equals_dense_search_and_takes_new_items(folders, tmp_path, capsys):
+    base, gallery, extra, query, extra_paths = folders
+    index = tmp_path / "gallery.index"
+    assert main(["index", "--features", str(base / "gallery"), "--output", str(index)]) == 0
+    meta = json.loads((tmp_path / "gallery.index.json").read_text())
+    assert meta["factory"] == "Flat" and meta["view"] == ["global", "spatial"] and meta["num_items"] == 1500
+    ids, dist = _search(base, index)
+    order, reference = _dense_topk(query, gallery, 10)
+    np.testing.assert_array_equal(ids, order)
+    np.testing.assert_allclose(dist, reference, rtol=0, atol=1e-9)
+    # add a second folder: the search now spans both, and items map back to the right files
+    assert main(["index", "--features", str(base / "extra"), "--output", str(index), "--add"]) == 0
+    both = {b: np.concatenate([gallery[b], extra[b]]) for b in gallery}
+    ids, dist = _search(base, index)
+    order, reference = _dense_topk(query, both, 10)
+    np.testing.assert_array_equal(ids, order)
+    loaded = GalleryIndex.load(str(index))
+    assert loaded.num_items == 1800 and loaded.metadata(1500 + 7) == (extra_paths[7], 1507, -1)
+    assert sorted(os.listdir(tmp_path)) == ["gallery.index", "gallery.index.json"]  # no temporaries
+    assert "(pid" in capsys.readouterr().out
+
+
+def test_ivf_index_recall_against_dense_search(folders, tmp_path):
+    base, gallery, _, query, _ = folders
+    index = tmp_path / "ivf.index"
+    argv = ["index", "--features", str(base / "gallery"), "--output", str(index), "--type", "ivf", "--nlist", "16"]
+    assert main(argv + ["--nprobe", "4"]) == 0
+    assert json.loads((tmp_path / "ivf.index.json").read_text())["factory"] == "IVF16,SQ8"
+    ids, dist = _search(base, index)
+    order, reference = _dense_topk(query, gallery, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, order)])
+    assert recall >= 0.95
+    # re-scored exactly: the distances of the items found are the dense ones
+    dense = {tuple(pair): d for row in range(60) for pair, d in zip(zip([row] * 10, order[row]), reference[row])}
+    matched = [(d, dense[(row, i)]) for row in range(60) for i, d in zip(ids[row], dist[row]) if (row, i) in dense]
+    np.testing.assert_allclose(*zip(*matched), rtol=0, atol=1e-9)
+    # nprobe = nlist searches every list: exact
+    ids, _ = _search(base, index, "--nprobe", "16")
+    np.testing.assert_array_equal(ids, order)
+
+
+def test_bad_input_is_one_clear_error(folders, tmp_path, capsys):
+    base, gallery, *_ = folders
+    index = tmp_path / "g.index"
+    assert main(["index", "--features", str(base / "gallery"), "--output", str(index), "--branches", "global"]) == 0
+
+    def fails(argv, message):
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+
+    fails(["index", "--features", str(base / "gallery"), "--output", str(index)], "exists; remove it, or use --add")
+    fails(["index", "--features", str(base / "nope"), "--output", str(tmp_path / "x")], "no such feature folder")
+    fails(["index", "--features", str(base / "gallery"), "--output", str(tmp_path / "x"), "--nprobe", "0"], "--nprobe")
+    fails(["index", "--features", str(base / "gallery"), "--output", str(tmp_path / "x"), "--codes", "LSH"], "codes")
+    query = ["search", "--checkpoint", "unused", "--index", str(index), "--query-features", str(base / "query")]
+    fails(query + ["--nprobe", "0"], "--nprobe must be a positive integer")
+    fails(query + ["--gallery", "x"], "--gallery and --index exclude each other")
+    assert not (tmp_path / "x").exists()
+    # an index whose JSON describes other features
+    meta = json.loads((tmp_path / "g.index.json").read_text())
+    (tmp_path / "g.index.json").write_text(json.dumps(dict(meta, num_items=99)))
+    fails(query, "g.index: holds 1500 vectors of dimension 16, but")
+    (tmp_path / "g.index.json").write_text(json.dumps(dict(meta, folders=[dict(meta["folders"][0], items_sha256="0")])))
+    fails(query, "not the features the index")
+    os.remove(tmp_path / "g.index.json")
+    fails(query, "g.index.json: no such file")
+    (tmp_path / "bad.index").write_bytes(b"not an index")
+    (tmp_path / "bad.index.json").write_text(json.dumps(meta))
+    fails(query[:4] + [str(tmp_path / "bad.index")] + query[5:], "bad.index: faiss cannot read it")
+
+
+def test_default_factories():
+    assert index_factory_for(50_000) == "Flat"
+    assert index_factory_for(2_362_447) == "IVF8192,SQ8"
+    assert index_factory_for(10, "ivf", nlist=2, codes="PQ4") == "IVF2,PQ4"
