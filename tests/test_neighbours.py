@@ -151,3 +151,29 @@ def test_bad_settings_are_one_clear_error(monkeypatch):
 def test_default_nlist():
     assert default_nlist(519_281) == 2048 and default_nlist(2_362_447) == 8192
     assert default_nlist(100) == 2 and default_nlist(10) == 1
+
+
+def test_reranked_evaluation_with_faiss_neighbours_equals_exact_and_reads_memory_maps(tmp_path):
+    from scstn_vcn.metrics import RerankConfig, evaluate_features
+
+    items = _clustered(40, 500, seed=6, dtype=torch.float32)
+    rng = np.random.default_rng(0)
+    q_pids, g_pids = rng.integers(0, 30, 40), rng.integers(0, 30, 500)
+    q_cams, g_cams = rng.integers(0, 3, 40), rng.integers(0, 3, 500)
+    # the gallery memory-mapped from .npy files, as open_features gives it
+    gallery = {}
+    for name, value in items.gallery.items():
+        np.save(tmp_path / f"{name}.npy", value.numpy())
+        gallery[name] = np.load(tmp_path / f"{name}.npy", mmap_mode="c")
+    args = (items.query, gallery, q_pids, g_pids, q_cams, g_cams)
+    kwargs = {"rerank": RerankConfig(k1=8, k2=3), "chunk_size": 16, "fprs": None}
+    exact = evaluate_features(*args, **kwargs)
+    flat = evaluate_features(*args, neighbours=NeighbourSearch("faiss-flat", recall_sample=20), **kwargs)
+    for row in ("global", "spatial", "fusion", "global+rk", "fusion+rk"):
+        for metric in ("rank1", "mAP", "mINP"):
+            assert flat[row][metric] == pytest.approx(exact[row][metric], abs=1e-6), (row, metric)
+    assert flat["fusion+rk"]["neighbours"]["backend"] == "faiss-flat"
+    assert flat["fusion+rk"]["neighbours"]["recall_at_9"] == 1.0
+    assert exact["fusion+rk"]["neighbours"]["backend"] == "exact"
+    with pytest.raises(TypeError, match="neighbours must be a NeighbourSearch or None"):
+        evaluate_features(*args, neighbours="faiss-ivf", **kwargs)

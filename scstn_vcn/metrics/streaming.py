@@ -36,7 +36,7 @@ import torch
 
 from .distance import _as_feature_tensor, cosine_distance_rows, inverse_norms
 from .item_features import ItemFeatures
-from .knn import block_size_for, nearest_neighbours
+from .neighbours import NeighbourSearch, find_neighbours
 from .per_query import PerQueryRecorder, check_topk
 from .query_expansion import QueryExpansionConfig, alpha_query_expansion
 from .rank import JUNK_PID, as_1d_array, check_max_rank, no_valid_query_error
@@ -152,6 +152,7 @@ def _summary(result: dict, max_rank: int) -> dict:
         "num_valid_queries": result["num_valid_queries"],
         **({"per_query": result["per_query"]} if "per_query" in result else {}),
         **(verification_row(result["verification"]) if "verification" in result else {}),
+        **({"neighbours": result["neighbours"]} if "neighbours" in result else {}),
     }
 
 
@@ -189,7 +190,20 @@ def _check_option(value, cls, name):
 
 @torch.no_grad()
 def _evaluate_feature_set(
-    query, gallery, names, fusion, ids, *, chunk_size, device, cmc_len, suffix, rerank, record_topk=None, fprs=()
+    query,
+    gallery,
+    names,
+    fusion,
+    ids,
+    *,
+    chunk_size,
+    device,
+    cmc_len,
+    suffix,
+    rerank,
+    record_topk=None,
+    fprs=(),
+    neighbours=None,
 ):
     """{name + suffix: result} for the features and their fusion, and with ``rerank`` also
     {name + suffix + "+rk": result} from the re-ranked distances of the same query chunks."""
@@ -202,12 +216,13 @@ def _evaluate_feature_set(
         views = {n: (n,) for n in names}
         if fusion:
             views["fusion"] = fusion
-        # One pass over the distance blocks serves every view (the fusion sums the branches' blocks).
-        neighbours = nearest_neighbours(items, views, rerank.k1 + 1, block_size_for(int(chunk_size), items.num_items))
+        # One pass over the distance blocks serves every view (the fusion sums the branches' blocks); or the
+        # faiss backends of scstn_vcn.metrics.neighbours, one index per view.
+        found, neighbour_report = find_neighbours(items, views, rerank.k1 + 1, neighbours, int(chunk_size))
         for view, branches in views.items():
-            encodings[view] = KReciprocalEncoding(items, branches, neighbours.pop(view), rerank, int(chunk_size))
+            encodings[view] = KReciprocalEncoding(items, branches, found.pop(view), rerank, int(chunk_size))
             evaluators[view + suffix + "+rk"] = StreamingRankEvaluator(g_pids, g_camids, cmc_len, device, record_topk)
-        del items, neighbours
+        del items, found
     # Every row's distances also feed its TPR@FPR accumulator (scstn_vcn.metrics.verification).
     verifiers = {
         key: StreamingVerification(q_pids, q_camids, g_pids, g_camids, fprs, device) for key in evaluators if fprs
@@ -251,6 +266,11 @@ def _evaluate_feature_set(
     results = {name: evaluator.compute() for name, evaluator in evaluators.items()}
     for name, verifier in verifiers.items():
         results[name]["verification"] = verifier.compute()
+    for view in encodings:
+        # how the re-ranked row's neighbours were found: backend, parameters, time, measured recall
+        report = {k: v for k, v in neighbour_report.items() if k != "views"}
+        report.update(neighbour_report.get("views", {}).get(view, {}))
+        results[view + suffix + "+rk"]["neighbours"] = report
     return results
 
 
@@ -271,6 +291,7 @@ def evaluate_features(
     query_expansion: QueryExpansionConfig | None = None,
     record_topk: int | None = None,
     fprs: Sequence[float] | None = DEFAULT_FPRS,
+    neighbours: NeighbourSearch | None = None,
 ) -> dict[str, dict]:
     """Cosine-distance evaluation of every feature, and of their fusion, in query chunks; optionally
     with k-reciprocal re-ranking and alpha-query expansion as well.
@@ -299,6 +320,12 @@ def evaluate_features(
     distance threshold (same person when distance <= it), and "verification": the points, the pair
     counts and a thinned ROC curve. About 50 MB per row at MSMT17 scale.
 
+    ``neighbours=NeighbourSearch(backend, nprobe, ...)`` chooses how re-ranking finds each item's k1 + 1
+    nearest items (scstn_vcn.metrics.neighbours: exact by default; faiss flat or IVF for large galleries);
+    the "+rk" rows then hold ``"neighbours"``: the backend, its parameters and the measured recall.
+    Features may be memory-mapped numpy arrays (scstn_vcn.metrics.feature_store.open_features): they are
+    read a block at a time, never copied whole.
+
     Returns ``{name: {"rank1", "rank5", "rank10", "mAP", "mINP": float in [0, 1],
     "cmc": array (max_rank,), "num_valid_queries": int}}``. ``device`` defaults to the
     features' device; distances are float32 (float64 for float64 features).
@@ -312,6 +339,7 @@ def evaluate_features(
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     rerank = _check_option(rerank, RerankConfig, "rerank")
     query_expansion = _check_option(query_expansion, QueryExpansionConfig, "query_expansion")
+    neighbours = _check_option(neighbours, NeighbourSearch, "neighbours")
     names = _check_features(query_feats, gallery_feats, q_pids.shape[0], g_pids.shape[0])
     # Against the data's size before any work (the settings' own ranges are checked by their configs).
     for option in (rerank, query_expansion):
@@ -332,6 +360,7 @@ def evaluate_features(
     settings = {"chunk_size": chunk_size, "device": device, "cmc_len": max(max_rank, 10)}
     settings["record_topk"] = None if record_topk is None else check_topk(record_topk)
     settings["fprs"] = check_fprs(fprs or (), "fprs")
+    settings["neighbours"] = neighbours
     results = _evaluate_feature_set(
         query, gallery, names, fusion, ids, suffix="", rerank=None if query_expansion else rerank, **settings
     )
