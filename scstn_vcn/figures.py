@@ -5,9 +5,11 @@ ranked lists      Fig. 7: a query and its top-k gallery images, green border = s
 alignment         Fig. 5: the input image and the same image resampled with the SC-STN's theta
 heat maps         Fig. 6: the channel mean of the backbone map M, upsampled over the image
 search results    a query image and its nearest gallery images, with distances (`scstn-vcn search`)
+ROC               verification: TPR against FPR per evaluation row, with the thresholds (`eval`, `visualize --what roc`)
 """
 
 import os
+import re
 
 import matplotlib
 
@@ -17,7 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-FIGURES = ("curves", "ranked", "alignment", "heatmap")
+FIGURES = ("curves", "ranked", "alignment", "heatmap", "roc")
 
 
 def save_figure(fig, path, dpi=100):
@@ -131,6 +133,13 @@ def ranked_lists(distmat, q_items, g_items, height, width, path, num_queries=4, 
     return save_figure(fig, path)
 
 
+def resample_with_theta(raw, theta):
+    """Images (N, 3, H, W) resampled by the transformer's theta (N, 2, 3), zeros outside: the crop the
+    SC-STN chose, at the images' own resolution (theta works in the normalised [-1, 1] frame)."""
+    grid = F.affine_grid(theta.to(raw.dtype), raw.shape, align_corners=False)
+    return F.grid_sample(raw, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 @torch.no_grad()
 def alignment_figure(model, items, height, width, device, path):
     """Fig. 5: each input image beside the image resampled by the model's SC-STN theta.
@@ -144,8 +153,7 @@ def alignment_figure(model, items, height, width, device, path):
     if "theta" not in out:
         raise ValueError("alignment: the model has no spatial branch, so no theta to show")
     theta = out["theta"].float().cpu()
-    grid = F.affine_grid(theta, raw.shape, align_corners=False)
-    aligned = F.grid_sample(raw, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    aligned = resample_with_theta(raw, theta)
     fig, axes = plt.subplots(2, len(items), figsize=(1.3 * len(items), 5), squeeze=False)
     for col in range(len(items)):
         t = theta[col]
@@ -242,3 +250,64 @@ def _short(path, limit=16):
         return name
     head = (limit - 1) // 2
     return name[:head] + "…" + name[-(limit - 1 - head) :]
+
+
+def roc_figure(rows, path, title="verification ROC"):
+    """TPR against FPR (log scale) of each evaluation row, from results.json's "verification" rows
+    ({name: {"roc": {"fpr", "tpr", "threshold"}, "points": [...]}}, scstn_vcn.engine.open_set); each
+    reported point (TPR at a target FPR) is marked and labelled with its TPR and distance threshold.
+    A re-ranked row ("+rk") is drawn dashed in its plain row's colour."""
+    if not rows:
+        raise ValueError("ROC figure: no verification rows to draw (evaluate with eval.fprs set)")
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    colours = {}
+    lowest = 1.0
+    for name, row in rows.items():
+        fpr = np.array([np.nan if v is None else v for v in row["roc"]["fpr"]], dtype=np.float64)
+        tpr = np.array([np.nan if v is None else v for v in row["roc"]["tpr"]], dtype=np.float64)
+        shown = fpr > 0  # a log axis has no FPR 0
+        if not shown.any():
+            continue
+        lowest = min(lowest, float(fpr[shown].min()))
+        base = name.split("+", 1)[0]
+        style = "--" if "+rk" in name else "-"
+        (line,) = ax.plot(fpr[shown], tpr[shown], style, color=colours.get(base), label=name, linewidth=1.4)
+        colours.setdefault(base, line.get_color())
+        for point in row["points"]:
+            if point["fpr"] is None or point["tpr"] is None or point["fpr"] <= 0:
+                continue
+            ax.plot(point["fpr"], point["tpr"], "o", color=line.get_color(), markersize=4)
+            threshold = "none" if point["threshold"] is None else f"{point['threshold']:.3f}"
+            ax.annotate(
+                f"{100 * point['tpr']:.1f}% (d≤{threshold})",
+                (point["fpr"], point["tpr"]),
+                textcoords="offset points",
+                xytext=(4, -9),
+                fontsize=6,
+                color=line.get_color(),
+            )
+    ax.set_xscale("log")
+    ax.set_xlim(lowest / 1.5, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("false positive rate (different people accepted)")
+    ax.set_ylabel("true positive rate (same person accepted)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title + " — labels: TPR (distance threshold) at each target FPR", fontsize=9)
+    return save_figure(fig, path)
+
+
+def write_roc_figures(folder, evaluated):
+    """The ROC figure of each evaluated target [(target, results)] into `folder`: roc.png for one target,
+    roc_<data set>.png for several; targets evaluated without TPR@FPR get none. Returns the paths."""
+    from scstn_vcn.engine.open_set import verification_section
+
+    written = []
+    for number, (target, results) in enumerate(evaluated, 1):
+        section = verification_section(results)
+        if section is None:
+            continue
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(target.name))
+        name = "roc.png" if len(evaluated) == 1 else f"roc_{number}_{safe}.png"
+        written.append(roc_figure(section["rows"], os.path.join(folder, name), f"verification ROC on {target.label}"))
+    return written

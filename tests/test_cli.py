@@ -8,6 +8,7 @@ import torch
 
 from scstn_vcn.cli import main
 
+TPR_KEYS = ("TPR@FPR=1e-4", "TPR@FPR=1e-3", "TPR@FPR=1e-2")  # eval.fprs' default (scstn_vcn.metrics.verification)
 TINY = [
     "--set",
     "data.height=64",
@@ -86,7 +87,7 @@ def test_eval_prints_all_metrics_and_writes_json(demo_run, tmp_path, capsys):
     assert "rank-1   rank-5  rank-10      mAP     mINP" in printed
     results = json.loads(target.read_text())["results"]
     assert set(results) == {"global", "spatial", "fusion"}
-    assert set(results["fusion"]) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
+    assert set(results["fusion"]) == {"rank1", "rank5", "rank10", "mAP", "mINP", *TPR_KEYS}
     # The same checkpoint and data give the numbers the demo printed after training.
     demo = json.loads((out / "run" / "results.json").read_text())["results"]
     assert results == demo

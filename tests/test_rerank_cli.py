@@ -39,12 +39,26 @@ def planted_features(seed=0):
 def planted(monkeypatch, tmp_path):
     """`eval` with the real flag -> config path (config_overrides, load_config's validation) but planted
     features instead of a checkpoint's model and a data set."""
+    from types import SimpleNamespace
+
+    from scstn_vcn.data import Item, ReIDDataset
+    from scstn_vcn.engine import builders
+
     query, gallery = planted_features()
 
-    def load_model_for_inference(args, need_data=True):
-        return load_config(None, config_overrides(args)), None, None, torch.device("cpu")
+    def load_model_for_inference(args, need_data=True, with_source=False):
+        config = load_config(None, config_overrides(args))
+        loaded = (config, None, None, torch.device("cpu"))
+        return loaded + (SimpleNamespace(config=config),) if with_source else loaded
 
+    def items(split):
+        return [Item(f"{i}.jpg", int(p), int(c)) for i, (p, c) in enumerate(zip(split["pids"], split["camids"]))]
+
+    # The planted features' identities and cameras as the one data set evaluated.
+    dataset = ReIDDataset([], items(query), items(gallery), tmp_path, required=())
+    target = builders.EvalTarget("planted", str(tmp_path), dataset, True)
     monkeypatch.setattr(eval_command, "load_model_for_inference", load_model_for_inference)
+    monkeypatch.setattr(builders, "build_eval_targets", lambda *args, **kwargs: [target])
     monkeypatch.setattr(evaluator, "extract_query_gallery", lambda *args, **kwargs: (query, gallery))
     return query, gallery, tmp_path / "results.json"
 
@@ -85,7 +99,7 @@ def test_eval_rerank_flags_add_rk_rows_beside_the_plain_ones(planted, capsys):
     query, gallery, output = planted
     printed, saved = run_eval(capsys, output, "--rerank", "--rerank-k1", "10", "--rerank-lambda", "0.2")
     header, rows = table_rows(printed)
-    assert header == ["branch", "rank-1", "rank-5", "rank-10", "mAP", "mINP"]
+    assert header == ["branch", "rank-1", "rank-5", "rank-10", "mAP", "mINP", "TPR@1e-4", "TPR@1e-3", "TPR@1e-2"]
     assert rows == ["global", "global+rk", "spatial", "spatial+rk", "fusion", "fusion+rk"]
     assert "re-ranking: k1=10, k2=6, lambda_value=0.2" in printed
     assert saved["eval_settings"] == {"rerank": {"k1": 10, "k2": 6, "lambda_value": 0.2}, "query_expansion": None}

@@ -1,10 +1,11 @@
-"""`scstn-vcn eval`: evaluate a checkpoint on a data set's query/gallery split; print the table and write
-results.json."""
+"""`scstn-vcn eval`: evaluate a checkpoint on the query/gallery split of each data set it is given (by
+default those it was trained on and its eval.targets), including data sets it never saw; print a table per
+data set and write results.json."""
 
 import os
-import time
 
 from scstn_vcn.commands._common import add_config_args, add_runtime_args, load_model_for_inference
+from scstn_vcn.commands.eval_report import add_report_args, report_overrides
 
 NAME = "eval"
 HELP = "evaluate a checkpoint on a data set's query/gallery split"
@@ -19,10 +20,17 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, help="eval.batch_size")
     parser.add_argument("--output", metavar="JSON", help="results file (default: results.json beside the checkpoint)")
     add_rerank_args(parser)
+    add_report_args(parser)
 
 
 # (flag's attribute, eval.* key) of the re-ranking and query-expansion options
-RERANK_KEYS = (("rerank_k1", "rerank_k1"), ("rerank_k2", "rerank_k2"), ("rerank_lambda", "rerank_lambda"))
+RERANK_KEYS = (
+    ("rerank_k1", "rerank_k1"),
+    ("rerank_k2", "rerank_k2"),
+    ("rerank_lambda", "rerank_lambda"),
+    ("rerank_neighbours", "rerank_neighbours"),
+    ("nprobe", "rerank_nprobe"),
+)
 QE_KEYS = (("qe_k", "qe_k"), ("qe_alpha", "qe_alpha"), ("qe_times", "qe_times"))
 
 
@@ -46,6 +54,15 @@ def add_rerank_args(parser):
         type=float,
         metavar="LAMBDA",
         help="weight of the original distance, in [0, 1] (eval.rerank_lambda, default 0.3; implies --rerank)",
+    )
+    group.add_argument(
+        "--rerank-neighbours",
+        choices=("exact", "faiss-flat", "faiss-ivf"),
+        help="how re-ranking finds the k1 + 1 nearest items (eval.rerank_neighbours, default exact; faiss-ivf "
+        "is approximate, for large galleries, and records its measured recall; implies --rerank)",
+    )
+    group.add_argument(
+        "--nprobe", type=int, metavar="N", help="faiss-ivf: lists searched (eval.rerank_nprobe, default 32)"
     )
     group.add_argument(
         "--query-expansion",
@@ -79,33 +96,74 @@ def rerank_overrides(args):
     return out
 
 
+def _data_given(args):
+    """Whether the command line names the data (--dataset, --data-root, or --set data.name / data.root)."""
+    keys = {str(item).split("=", 1)[0].strip() for item in getattr(args, "overrides", None) or []}
+    return args.dataset is not None or args.data_root is not None or bool(keys & {"data.name", "data.root"})
+
+
 def run(args):
-    from scstn_vcn.engine.evaluator import eval_settings, evaluate_model, format_table, write_results
+    from scstn_vcn.configs import data_sets
+    from scstn_vcn.engine.builders import build_eval_targets
+    from scstn_vcn.engine.evaluator import eval_settings, evaluate_targets, target_records, write_results
 
     # The flags win over --set, as the other dedicated flags do (they come after it).
-    args.overrides = list(getattr(args, "overrides", None) or []) + rerank_overrides(args)
-    config, model, dataset, device = load_model_for_inference(args)
+    args.overrides = list(getattr(args, "overrides", None) or []) + rerank_overrides(args) + report_overrides(args)
+    if args.report:
+        from scstn_vcn.commands.eval_report import check_report_folders
+
+        check_report_folders(args.report)
+    config, model, _, device, source = load_model_for_inference(args, need_data=False, with_source=True)
+    if _data_given(args):
+        # The data sets named here, and only they (not the eval.targets the model was trained with).
+        config["eval"]["targets"] = []
+    targets = build_eval_targets(config, trained_on=data_sets(source.config))
     amp = config["train"]["amp"] if device.type == "cuda" else "off"
     settings = eval_settings(config)
     for label, values in (("query expansion", settings["query_expansion"]), ("re-ranking", settings["rerank"])):
         if values:
             print(f"{label}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
-    start = time.perf_counter()
-    results, query, gallery = evaluate_model(model, dataset, config, device, amp)
-    print(
-        f"{config['data']['name']}: {len(query['pids'])} queries, {len(gallery['pids'])} gallery images "
-        f"({time.perf_counter() - start:.1f}s)"
-    )
-    print(format_table(results))
+    evaluated = evaluate_targets(model, targets, config, device, amp)
     path = args.output or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "results.json")
-    write_results(
+    first = evaluated[0][0]
+    # "results" (and "queries", "dataset", "data_root") are the first target's; "targets" has every one.
+    payload = write_results(
         path,
-        results,
+        evaluated[0][1],
         {
             "checkpoint": os.path.abspath(args.checkpoint),
-            "dataset": config["data"]["name"],
-            "data_root": config["data"]["root"],
+            "dataset": first.name,
+            "data_root": os.path.abspath(first.root),
+            "targets": target_records(evaluated),
         },
     )
     print(f"results written to {path}")
+    from scstn_vcn.figures import write_roc_figures
+
+    for figure in write_roc_figures(os.path.dirname(os.path.abspath(path)), evaluated):
+        print(f"ROC curve written to {figure}")
+    if args.report:
+        _write_report(args, config, model, device, amp, evaluated, payload)
     return 0
+
+
+def _write_report(args, config, model, device, amp, evaluated, payload):
+    """The report folder(s) of --report, with --compare's second model evaluated on the same targets."""
+    from scstn_vcn.commands import eval_report as er
+    from scstn_vcn.engine.evaluator import evaluate_model, format_table, write_results
+
+    info = er.model_info(config, args.checkpoint, device)
+    compare = args.compare
+    if compare is not None and not os.path.isdir(compare):
+        other_config, other_model = er.load_other_model(compare, args, config, device)
+        other_info = er.model_info(other_config, compare, device)
+        compare = []
+        for (target, _), folder in zip(evaluated, er.report_folders(args.report, evaluated)):
+            results, _, _ = evaluate_model(other_model, target.dataset, other_config, device, amp)
+            print(f"compared model {args.compare} on {target.label}:\n{format_table(results)}")
+            extra = {"checkpoint": os.path.abspath(args.compare), "dataset": target.name, "data_root": target.root}
+            # Its results.json, in the report folder (the page's second table).
+            other_payload = write_results(os.path.join(folder, "results-compare.json"), results, extra)
+            compare.append((results, other_payload, other_info))
+    for index in er.write_reports(args.report, evaluated, payload, info, compare):
+        print(f"report written to {index}")

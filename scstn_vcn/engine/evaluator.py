@@ -91,7 +91,15 @@ def eval_settings(config):
         }
     if section["query_expansion"]:
         qe = {"qe_k": int(section["qe_k"]), "alpha": float(section["qe_alpha"]), "qe_times": int(section["qe_times"])}
-    return {"rerank": rerank, "query_expansion": qe}
+    out = {"rerank": rerank, "query_expansion": qe}
+    if rerank and section.get("rerank_neighbours", "exact") != "exact":
+        # re-ranking's neighbour backend (scstn_vcn.metrics.neighbours); the measured recall is added after
+        out["neighbours"] = {
+            "backend": section["rerank_neighbours"],
+            "nprobe": int(section["rerank_nprobe"]),
+            "codes": section["rerank_codes"],
+        }
+    return out
 
 
 def evaluate_model(model, dataset, config, device, amp="off"):
@@ -111,6 +119,10 @@ def evaluate_model(model, dataset, config, device, amp="off"):
     kwargs["fusion"] = tuple(names) if len(names) > 1 else None
     if settings["rerank"]:
         kwargs["rerank"] = RerankConfig(**settings["rerank"])
+    if settings.get("neighbours"):
+        from scstn_vcn.metrics.neighbours import NeighbourSearch
+
+        kwargs["neighbours"] = NeighbourSearch(**settings["neighbours"])
     if settings["query_expansion"]:
         kwargs["query_expansion"] = QueryExpansionConfig(**settings["query_expansion"])
     if report:
@@ -125,6 +137,8 @@ def evaluate_model(model, dataset, config, device, amp="off"):
         gallery["camids"],
         **kwargs,
     )
+    if settings.get("neighbours"):
+        settings["neighbours"]["measured"] = {row: v["neighbours"] for row, v in results.items() if "neighbours" in v}
     results = EvalResults(results, settings, queries)
     if report:
         # The report draws each image's SC-STN alignment from these (None without a spatial branch).
@@ -161,6 +175,7 @@ def target_records(evaluated):
             "trained_on": target.trained_on,
             "queries": results.queries,
             "results": to_percent(results),
+            "verification": verification_section(results),
         }
         for target, results in evaluated
     ]
