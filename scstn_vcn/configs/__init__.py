@@ -74,6 +74,12 @@ DEFAULTS = {
         "rerank_k1": 20,
         "rerank_k2": 6,
         "rerank_lambda": 0.3,
+        # how re-ranking finds the k1 + 1 nearest items (scstn_vcn.metrics.neighbours): exact (the blocked
+        # pass), faiss-flat, or faiss-ivf (approximate, for galleries of hundreds of thousands and more;
+        # rerank_nprobe lists searched, rerank_codes the IVF's vector codes)
+        "rerank_neighbours": "exact",
+        "rerank_nprobe": 32,
+        "rerank_codes": "SQ8",
         # alpha-query expansion (fast-reid's aqe): adds "+qe" rows, before re-ranking when both are on
         "query_expansion": False,
         "qe_k": 10,
@@ -399,6 +405,7 @@ RUNTIME_INTEGERS = {
     "eval.chunk_size": (1, MAX_CHUNK, "query rows per distance block"),
     # k1's real bound, the number of items - 1, is known only at evaluation (RerankConfig.check_items).
     "eval.rerank_k1": (1, None, ""),
+    "eval.rerank_nprobe": (1, None, ""),
     "eval.qe_k": (1, None, ""),
     "eval.qe_times": (1, MAX_QE_TIMES, "rounds of query expansion"),
 }
@@ -470,6 +477,10 @@ def validate_runtime(config, source="the configuration"):
     lam = section["rerank_lambda"]
     if not _is_number(lam) or not 0 <= lam <= 1:
         raise _runtime_error(source, "eval.rerank_lambda", "a number in [0, 1]", lam)
+    if section["rerank_neighbours"] not in ("exact", "faiss-flat", "faiss-ivf"):
+        raise _runtime_error(
+            source, "eval.rerank_neighbours", "exact, faiss-flat or faiss-ivf", section["rerank_neighbours"]
+        )
     alpha = section["qe_alpha"]
     if not _is_number(alpha) or not 0 <= alpha < float("inf"):
         raise _runtime_error(source, "eval.qe_alpha", "a finite number >= 0", alpha)
