@@ -30,14 +30,17 @@ def export_features(model, dataset, config, device, path):
     return path
 
 
-def export_model_file(model, config, source, path, with_classifiers=False):
+def export_model_file(model, config, source, path, with_classifiers=False, threshold=None):
     """`model` (built from `source`, a model_file.ModelSource, with `config`) as a safetensors model file:
-    the inference weights, the ID classifiers only with `with_classifiers`; returns the file's size in bytes."""
+    the inference weights, the ID classifiers only with `with_classifiers`, and `threshold` (a record of
+    engine.open_set: the distance that decides "same person") when given; returns the file's size in bytes."""
     from scstn_vcn.configs import model_identity
 
     identity = model_identity(config, source.identity["num_classes"])
+    if "trained_on" in source.identity:  # the data sets it was trained on (informative, never compared)
+        identity["trained_on"] = source.identity["trained_on"]
     return model_file.save_model_file(
-        path, model, config, identity, with_classifiers=with_classifiers, epoch=source.epoch
+        path, model, config, identity, with_classifiers=with_classifiers, epoch=source.epoch, threshold=threshold
     )
 
 

@@ -4,7 +4,7 @@ the inference flags, and atomic .npz output."""
 
 import torch
 
-from scstn_vcn.configs import config_from_saved, load_config
+from scstn_vcn.configs import config_from_model, load_config
 from scstn_vcn.engine.checkpoint import atomic_write
 from scstn_vcn.engine.errors import UsageError
 
@@ -24,8 +24,13 @@ def add_config_args(parser, config_default=None):
         metavar="SECTION.KEY=VALUE",
         help="override one config value, e.g. --set optim.lr=3e-4 (repeatable)",
     )
-    group.add_argument("--data-root", help="the data set folder (data.root)")
-    group.add_argument("--dataset", help="market1501 | dukemtmcreid | msmt17 | synthetic (data.name)")
+    group.add_argument(
+        "--data-root", help="the data set folder, or a manifest's CSV file (data.root); several: A,B with --dataset a,b"
+    )
+    group.add_argument(
+        "--dataset",
+        help="market1501 | dukemtmcreid | msmt17 | synthetic | manifest | folders (data.name); several: a,b",
+    )
     group.add_argument("--seed", type=int, help="random seed (train.seed)")
     group.add_argument("--workers", type=int, help="data loader worker processes (data.workers, eval.workers)")
 
@@ -90,20 +95,23 @@ def config_overrides(args, extra=()):
 
 def inference_config_and_model(args):
     """(model source, config, model on the CPU in eval mode) for --checkpoint: a training checkpoint or a
-    safetensors model file, read as data only and checked against the config (the file's own, or --config)."""
+    safetensors model file, read as data only and checked against the config (the file's model settings, or
+    --config). How the run runs (threads, workers, device, folders, evaluation settings) comes from the flags
+    and the defaults, never from the file."""
     from scstn_vcn.engine import model_file
 
     source = model_file.open_model_source(args.checkpoint)
     if getattr(args, "config", None):
         config = load_config(args.config, config_overrides(args))
     else:
-        config = config_from_saved(source.config, config_overrides(args))
+        config = config_from_model(source.config, config_overrides(args), source=f"{source.kind} {source.path}")
     return source, config, model_file.build_inference_model(source, config)
 
 
-def load_model_for_inference(args, need_data=True):
+def load_model_for_inference(args, need_data=True, with_source=False):
     """(config, model, dataset or None, device) for a --checkpoint (a training checkpoint or a .safetensors
-    model file), its weights loaded, eval mode."""
+    model file), its weights loaded, eval mode; `with_source` adds the model_file.ModelSource (what the
+    file says about itself: its own configuration, its identity)."""
     from scstn_vcn.engine.builders import build_dataset_from_config
     from scstn_vcn.engine.runtime import choose_backend, resolve_device
 
@@ -118,7 +126,7 @@ def load_model_for_inference(args, need_data=True):
     )
     dataset = build_dataset_from_config(config) if need_data else None
     model.to(device).eval()
-    return config, model, dataset, device
+    return (config, model, dataset, device, source) if with_source else (config, model, dataset, device)
 
 
 # ------------------------------------------------------------------------------ image files

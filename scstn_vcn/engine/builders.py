@@ -1,6 +1,7 @@
 """Model, loss and data built from a configuration (the other packages' public APIs)."""
 
 import os
+from typing import NamedTuple
 
 
 def _ablation(config):
@@ -64,12 +65,130 @@ def build_loss_from_config(config, num_classes):
     )
 
 
-def build_dataset_from_config(config):
+class EvalTarget(NamedTuple):
+    """A data set evaluated after training or by `eval`: its name and root, the data set read from them,
+    and whether the model was trained on it (its training split; the query and gallery never are): True,
+    False, or None when a data set of that name was, at a root the model file does not record."""
+
+    name: str
+    root: str
+    dataset: object
+    trained_on: bool | None
+
+    @property
+    def label(self):
+        return f"{self.name} at {self.root}"
+
+
+def _reader_kwargs(config, name):
+    """data.kwargs for the data set `name`: the entries meant for every reader, and those under the
+    data set's own name ({msmt17: {combine_trainval: true}}), which only it gets."""
+    from scstn_vcn.data import DATASETS, dataset_key
+
+    kwargs = config["data"].get("kwargs") or {}
+    own, common = {}, {}
+    for key, value in kwargs.items():
+        norm = str(key).lower().replace("-", "").replace("_", "")
+        if norm in DATASETS and isinstance(value, dict):
+            if norm == dataset_key(name):
+                own.update(value)
+        else:
+            common[key] = value
+    return {**common, **own}
+
+
+def read_dataset(config, name, root, say=print):
+    """Data set `name` from `root`, its query identities checked against its gallery (data.strict_queries:
+    an error; otherwise a note through `say`). Errors name the data set and the root."""
     from scstn_vcn.data import build_dataset
 
-    root = config["data"].get("root")
     if not root:
-        raise ValueError(f"data.root is not set: pass --data-root with the {config['data']['name']} folder")
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"--data-root {root}: no such folder (expected the {config['data']['name']} data set)")
-    return build_dataset(config["data"]["name"], root, **(config["data"].get("kwargs") or {}))
+        raise ValueError(f"data.root is not set: pass --data-root with the {name} data set (a folder or a manifest)")
+    if not os.path.exists(root):
+        raise FileNotFoundError(f"--data-root {root}: no such file or folder (expected the {name} data set)")
+    kwargs = _reader_kwargs(config, name)
+    try:
+        dataset = build_dataset(name, root, **kwargs)
+    except TypeError as error:
+        if kwargs and "argument" in str(error):
+            raise ValueError(f"data.kwargs {kwargs} do not apply to the {name} data set ({error})") from None
+        raise
+    if dataset.query and dataset.gallery:
+        note = dataset.check_queries(strict=bool(config["data"].get("strict_queries")))
+        if note:
+            say(f"note: {note}")
+    return dataset
+
+
+def build_datasets_from_config(config, say=print):
+    """[(name, root, data set)] of data.name / data.root, in order; the same data set twice is refused (its
+    identities would be two classes each)."""
+    from scstn_vcn.configs import data_sets
+
+    specs = data_sets(config)
+    unset = [name for name, root in specs if not root]
+    if unset:
+        raise ValueError(
+            f"data.root is not set: pass --data-root with the {', '.join(unset)} data set(s) (a folder or a manifest)"
+        )
+    seen = set()
+    for name, root in specs:
+        if _same_data(name, root) in seen:
+            raise ValueError(f"data.name / data.root: {name} at {root} is listed twice")
+        seen.add(_same_data(name, root))
+    return [(name, root, read_dataset(config, name, root, say)) for name, root in specs]
+
+
+def build_dataset_from_config(config, say=print):
+    """The one data set of `config` (commands that work on one: visualize, export); with several, a
+    ValueError asking for --dataset / --data-root. Training reads them with build_datasets_from_config."""
+    datasets = build_datasets_from_config(config, say)
+    if len(datasets) > 1:
+        names = ", ".join(name for name, _, _ in datasets)
+        raise ValueError(
+            f"data.name lists {len(datasets)} data sets ({names}); this command works on one: "
+            "pass --dataset NAME --data-root ROOT"
+        )
+    return datasets[0][2]
+
+
+def _same_data(name, root):
+    return (name.lower().replace("-", "").replace("_", ""), os.path.realpath(root) if root else None)
+
+
+def _trained_on(name, root, trained):
+    """True / False / None (same name, the training root unknown) for a target against the training sets."""
+    key = _same_data(name, root)
+    if key in trained:
+        return True
+    return None if (key[0], None) in trained else False
+
+
+def build_eval_targets(config, datasets=None, say=print, trained_on=None):
+    """[EvalTarget]: each data set of data.name / data.root (`datasets`, [(name, root, data set)], when
+    already read), then the eval.targets not among them. `trained_on`, [(name, root)], are the sets the
+    model was trained on; by default data.name / data.root themselves (after training), where a training
+    set without a query/gallery split is skipped with a note. A target without them is an error. The list
+    may be empty (training on sets without query/gallery and no eval.targets)."""
+    from scstn_vcn.configs import data_sets, eval_targets
+
+    after_training = trained_on is None
+    datasets = build_datasets_from_config(config, say) if datasets is None else datasets
+    trained = {_same_data(n, r) for n, r in (data_sets(config) if after_training else trained_on)}
+    listed = set()
+    targets = []
+    for name, root, dataset in datasets:
+        listed.add(_same_data(name, root))
+        if after_training and not (dataset.query and dataset.gallery):
+            say(f"note: {name} at {root} has no query/gallery split; it is trained on, not evaluated")
+            continue
+        dataset.require(["query", "gallery"], f"evaluating on {name} at {root}")
+        targets.append(EvalTarget(name, str(root), dataset, _trained_on(name, root, trained)))
+    for name, root in eval_targets(config):
+        if _same_data(name, root) in listed:
+            continue
+        listed.add(_same_data(name, root))
+        dataset = read_dataset(config, name, root, say)
+        dataset.require(["query", "gallery"], f"evaluating on it (eval.targets: {name}:{root})")
+        targets.append(EvalTarget(name, root, dataset, _trained_on(name, root, trained)))
+    return targets

@@ -9,7 +9,12 @@ import torch
 from scstn_vcn.configs import dump_config, model_identity
 from scstn_vcn.engine import checkpoint as ckpt
 from scstn_vcn.engine import distributed as dist_utils
-from scstn_vcn.engine.builders import build_dataset_from_config, build_loss_from_config, build_model_from_config
+from scstn_vcn.engine.builders import (
+    build_datasets_from_config,
+    build_eval_targets,
+    build_loss_from_config,
+    build_model_from_config,
+)
 from scstn_vcn.engine.features import _split_batch, autocast_context
 from scstn_vcn.engine.logging import EpochLogger
 from scstn_vcn.engine.optim import build_optimizer, build_scheduler
@@ -128,9 +133,21 @@ class Trainer:
         )
         self.backend = choose_backend(bool(train_cfg["fused"]), train_cfg["kernels"], self.device)
 
-        self.dataset = build_dataset_from_config(config)
+        from scstn_vcn.data import CombinedDataset
+
+        # Every data set is read (and checked) before training starts, the evaluation targets too, so that
+        # a mistake in them stops the run now rather than after the last epoch.
+        datasets = build_datasets_from_config(config, self.say)
+        for name, root, dataset in datasets:
+            dataset.require(["train"], f"training on {name} at {root}")
+        self.dataset = datasets[0][2] if len(datasets) == 1 else CombinedDataset([d for _, _, d in datasets])
+        self.targets = build_eval_targets(config, datasets, self.say)
         self.num_classes = int(self.dataset.num_train_pids)
         self.identity = model_identity(config, self.num_classes)
+        # What the model was trained on, saved beside its identity (informative: not compared on loading).
+        self.trained_on = [
+            {"dataset": name, "identities": d.num_train_pids, "images": d.num_train_imgs} for name, _, d in datasets
+        ]
         self.start_epoch = 0
         state = None
         if resume:
@@ -203,7 +220,7 @@ class Trainer:
             scheduler=self.scheduler,
             epoch=epoch,
             config=self.config,
-            identity=self.identity,
+            identity={**self.identity, "trained_on": self.trained_on},
             rng_state=rng,
             extra=extra,
         )
@@ -224,9 +241,10 @@ class Trainer:
             os.makedirs(self.output, exist_ok=True)
             with open(os.path.join(self.output, "config.yaml"), "w") as handle:
                 handle.write(dump_config(self.config))
+        names = " + ".join(f"{t['dataset']} ({t['identities']} ids)" for t in self.trained_on)
         self.say(
             f"training {self.config['model']['backbone']}-{self.config['model']['variant']} "
-            f"on {self.config['data']['name']}: {self.num_classes} identities, {len(self.dataset.train)} images, "
+            f"on {names}: {self.num_classes} identities, {len(self.dataset.train)} images, "
             f"device {self.device}, ops backend {self.backend!r}, amp {self.amp}, "
             f"{self.info.world_size} process(es), epochs {self.start_epoch + 1}..{epochs}"
         )
@@ -271,16 +289,31 @@ class Trainer:
         return rows
 
     def evaluate(self):
+        """(results, query, gallery) on the first evaluation target (the training set, for one data set)."""
         from scstn_vcn.engine.evaluator import evaluate_model
 
+        if not self.targets:
+            raise ValueError("nothing to evaluate: no data set of the run has a query and a gallery split")
         model = ckpt.unwrap(self.model)
-        return evaluate_model(model, self.dataset, self.config, self.device, self.amp)
+        return evaluate_model(model, self.targets[0].dataset, self.config, self.device, self.amp)
+
+    def evaluate_targets(self, say=print):
+        """[(EvalTarget, results)] for every evaluation target (scstn_vcn.engine.evaluator.evaluate_targets)."""
+        from scstn_vcn.engine.evaluator import evaluate_targets
+
+        model = ckpt.unwrap(self.model)
+        return evaluate_targets(model, self.targets, self.config, self.device, self.amp, say=say)
 
     def evaluate_flat(self):
+        """rank-1 and mAP of every target for the log ("fusion_rank1"; "t2_fusion_rank1" for a second target)."""
         from scstn_vcn.engine.evaluator import to_percent
 
-        results = to_percent(self.evaluate()[0])
-        return {f"{b}_{m}": v for b, metrics in results.items() for m, v in metrics.items() if m in ("rank1", "mAP")}
+        row = {}
+        for number, (_, results) in enumerate(self.evaluate_targets(say=lambda *a: None), 1):
+            prefix = "" if number == 1 else f"t{number}_"
+            for b, metrics in to_percent(results).items():
+                row.update({f"{prefix}{b}_{m}": v for m, v in metrics.items() if m in ("rank1", "mAP")})
+        return row
 
     def close(self):
         dist_utils.cleanup(self.info)

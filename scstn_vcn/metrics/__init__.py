@@ -3,7 +3,8 @@
 
 * ``cosine_distance(a, b)``: 1 - cos, (len(a), len(b)).
 * ``evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50) -> (cmc, mAP)``
-  (torchreid's signature) and ``evaluate_rank_full(...) -> {"cmc", "mAP", "mINP", "num_valid_queries"}``.
+  (torchreid's signature) and ``evaluate_rank_full(...) -> {"cmc", "mAP", "mINP", "num_valid_queries"}``;
+  ``valid_query_mask(q_pids, g_pids, q_camids, g_camids)``: which queries have a valid match at all.
 * ``evaluate_features(query_feats, gallery_feats, q_pids, g_pids, q_camids, g_camids, *, fusion,
   chunk_size, device, max_rank, rerank=None, query_expansion=None) -> {name: {"rank1", "rank5", "rank10",
   "mAP", "mINP", ...}}``; with ``rerank=RerankConfig(...)`` also "name+rk" rows, with
@@ -14,7 +15,7 @@
 
 from .distance import cosine_distance
 from .query_expansion import QueryExpansionConfig, alpha_query_expansion
-from .rank import evaluate_rank, evaluate_rank_full
+from .rank import evaluate_rank, evaluate_rank_full, valid_query_mask
 from .rerank import RerankConfig, k_reciprocal_rerank
 from .streaming import DEFAULT_CHUNK_SIZE, StreamingRankEvaluator, evaluate_features
 
@@ -29,4 +30,5 @@ __all__ = [
     "evaluate_rank",
     "evaluate_rank_full",
     "k_reciprocal_rerank",
+    "valid_query_mask",
 ]

@@ -122,3 +122,24 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
     and ``evaluate_rank_full`` for mINP too."""
     result = evaluate_rank_full(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
     return result["cmc"], result["mAP"]
+
+
+def valid_query_mask(q_pids, g_pids, q_camids, g_camids) -> np.ndarray:
+    """Which queries have a valid match under the protocol above: a gallery image of their identity, not
+    junk, from another camera. Boolean (num_query,), from the identities and cameras alone (no distances),
+    so that an evaluation can say "valid queries: N of M" before it computes anything."""
+    q_pids = as_1d_array("q_pids", q_pids)
+    q_camids = as_1d_array("q_camids", q_camids, q_pids.shape[0], "q_pids")
+    g_pids = as_1d_array("g_pids", g_pids)
+    g_camids = as_1d_array("g_camids", g_camids, g_pids.shape[0], "g_pids")
+    kept = g_pids != JUNK_PID
+    cameras: dict[int, set[int]] = {}
+    for pid, camid in zip(g_pids[kept].tolist(), g_camids[kept].tolist()):
+        cameras.setdefault(pid, set()).add(camid)
+    return np.array(
+        [
+            len(cameras.get(pid, ())) - (camid in cameras.get(pid, ())) > 0
+            for pid, camid in zip(q_pids.tolist(), q_camids.tolist())
+        ],
+        dtype=bool,
+    )
