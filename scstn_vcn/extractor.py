@@ -4,8 +4,10 @@
     q = fe(["query.jpg"])                     # {"global": (1, Dg), "spatial": (1, Ds)} float32 CPU
     g = fe(gallery_paths)
     d = fe.distance(q, g)                     # (1, len(gallery)) fused cosine distance, as evaluated
+    d, same = fe.verify("a.jpg", "b.jpg")     # (1,) distance, and whether it is <= the model's threshold
 
-The model is rebuilt from the file's own configuration (no data set is needed) and run in eval
+The model is rebuilt from the file's model settings (no data set is needed; how it runs, the device,
+backend, batch size and autocast, is this constructor's, never the file's) and run in eval
 mode with the evaluation transform (resize to the trained input size, ImageNet normalisation), so a
 feature equals the one `scstn-vcn eval` computes for the same image file (on CUDA, `eval` autocasts
 with the run's train.amp: pass the same `amp` to get its numbers).
@@ -19,6 +21,8 @@ import os
 import numpy as np
 import torch
 from PIL import Image
+
+from scstn_vcn.configs import MAX_BATCH
 
 BRANCHES = ("global", "spatial")
 
@@ -44,8 +48,8 @@ class FeatureExtractor:
         from scstn_vcn.engine.runtime import resolve_device
         from scstn_vcn.ops._backend import check_backend_name
 
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be an integer from 1 to {MAX_BATCH}, got {batch_size!r}")
         if amp not in ("bf16", "fp16", "off"):
             raise ValueError(f"amp must be 'bf16', 'fp16' or 'off', got {amp!r}")
         self.checkpoint = os.fspath(checkpoint)
@@ -64,6 +68,8 @@ class FeatureExtractor:
         self.input_size = (int(self.config["data"]["height"]), int(self.config["data"]["width"]))
         self.transform = build_transforms(*self.input_size, is_train=False)
         self.feature_names = [n for n in BRANCHES if n in self.model.feature_dims]
+        # The "same person" distance threshold a model file carries (engine.open_set), or None; verify() uses it.
+        self.threshold = source.threshold
 
     def __repr__(self):
         model = self.config["model"]
@@ -167,3 +173,55 @@ class FeatureExtractor:
             # In place and in the evaluator's order (global, then spatial), so the sum rounds the same.
             total = dist if total is None else total.add_(dist)
         return total
+
+    # ----------------------------------------------------------------------------------- open-set answers
+
+    def compare(self, a, b, branch="fusion"):
+        """(N,) distances between pairs, the distance `distance` ranks by. `a` and `b` are each one image (a
+        path, PIL image or uint8 array), a list of them, or a result of `extract`; with N items on both sides
+        the i-th is compared with the i-th, with one item on a side it is compared with every item of the
+        other (as `search` compares its query with the gallery, giving the same numbers)."""
+        a, b = (x if isinstance(x, dict) else self.extract(x) for x in (a, b))
+        rows = []
+        for label, feats in (("a", a), ("b", b)):
+            if not feats or any(not isinstance(v, torch.Tensor) or v.dim() != 2 for v in feats.values()):
+                raise ValueError(f"{label}: expected images or the dict FeatureExtractor returns")
+            rows.append(next(iter(feats.values())).shape[0])
+        if rows[0] == 1:
+            return self.distance(a, b, branch)[0]
+        if rows[1] == 1:
+            return self.distance(b, a, branch)[0]
+        if rows[0] != rows[1]:
+            raise ValueError(f"a has {rows[0]} items and b {rows[1]}: compare pairs needs as many on each side, or one")
+        pairs = [
+            self.distance({n: v[i : i + 1] for n, v in a.items()}, {n: v[i : i + 1] for n, v in b.items()}, branch)
+            for i in range(rows[0])
+        ]
+        return torch.cat(pairs, 1)[0]
+
+    def verify(self, a, b, threshold=None):
+        """(distances (N,), same (N,) bool): `compare(a, b)` and whether each distance is <= the threshold,
+        i.e. the same person. `threshold` is a distance (on the distance `distance` ranks by: the fusion, or
+        the model's one branch), a threshold record (engine.open_set), or None for `self.threshold`, the one
+        the model file carries (`scstn-vcn export --threshold D` or `--threshold-fpr FPR --results
+        results.json`)."""
+        from scstn_vcn.engine import open_set
+
+        distance = open_set.model_distance(self.feature_names)
+        if threshold is None:
+            threshold = self.threshold
+            if threshold is None:
+                raise ValueError(
+                    f"{self.checkpoint}: the model carries no threshold; pass threshold=D, or export a model "
+                    f"file with one (scstn-vcn export --threshold D, or --threshold-fpr FPR --results results.json)"
+                )
+        elif not isinstance(threshold, dict):
+            threshold = open_set.check_threshold_record({"distance": distance, "value": threshold}, "threshold")
+        threshold = open_set.check_threshold_record(threshold, "threshold")
+        if threshold["distance"] != distance:
+            raise ValueError(
+                f"threshold: it is for the {threshold['distance']} distance, but this model compares by its "
+                f"{distance} distance"
+            )
+        distances = self.compare(a, b, branch="fusion")
+        return distances, distances <= threshold["value"]

@@ -228,9 +228,9 @@ def draw_model_figures(model, dataset, config, device, folder, which, num_querie
     return written
 
 
-def draw_ranked(query_path, gallery_paths, ranked, height, width, path, branch="fusion"):
+def draw_ranked(query_path, gallery_paths, ranked, height, width, path, branch="fusion", title=None):
     """The query (black border) and its ranked gallery images [(rank, gallery index, distance)], each titled
-    with its rank, distance and file name; written to `path` (PNG)."""
+    with its rank, distance and file name; written to `path` (PNG). `title` replaces the figure's title."""
     columns = len(ranked) + 1
     fig, axes = plt.subplots(1, columns, figsize=(1.2 * columns, 3.0), squeeze=False)
     raw_q, _ = load_images([(query_path,)], height, width)
@@ -239,7 +239,7 @@ def draw_ranked(query_path, gallery_paths, ranked, height, width, path, branch="
         raw_g, _ = load_images([(gallery_paths[index],) for _, index, _ in ranked], height, width)
         for (rank, index, dist), image, ax in zip(ranked, raw_g, axes[0, 1:]):
             _show(ax, image, f"{rank}: {dist:.3f}\n{_short(gallery_paths[index])}")
-    fig.suptitle(f"top {len(ranked)} of the gallery by {branch} cosine distance")
+    fig.suptitle(title or f"top {len(ranked)} of the gallery by {branch} cosine distance")
     return save_figure(fig, path)
 
 

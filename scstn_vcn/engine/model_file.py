@@ -6,15 +6,21 @@ code. Its metadata (str -> str) carries
 
     format          "scstn-vcn-model"
     format_version  "1"
-    config          the run's configuration, JSON
+    config          what defines the model: model.backbone / variant / ablation / kwargs and data.name /
+                    height / width, JSON (configs.model_settings); never how a run runs
     identity        what the weights fit (backbone, variant, ablation, kwargs, num_classes, input_size), JSON
     classifiers     "true" when the ID classifiers are in the file, else "false"
     epoch           epochs the model was trained for, when known
+    threshold       when exported with one: the distance threshold for "same person", with the ROC point it
+                    was measured at, JSON (engine.open_set)
     scstn_vcn       the version of scstn-vcn that wrote it
 
 `open_model_source(path)` reads either a model file or a training checkpoint (decided by the file's
 content: a safetensors header, else a torch file read with weights_only=True) and checks what it says
-about itself; `build_inference_model(source, config)` then builds the model twice: first on the meta
+about itself. Whatever the file's configuration says beyond the model's settings (an older file carries
+the whole training configuration: threads, workers, folders, device, evaluation settings) is ignored: the
+recipient's run runs as their flags and the defaults say (configs.config_from_model).
+`build_inference_model(source, config)` then builds the model twice: first on the meta
 device (no memory), to compare every key, shape and dtype of the file with it before anything is
 loaded, so a file of another configuration is refused before its tensors are read and a configuration
 in a hostile file cannot make us allocate more than the file holds; then for real, loaded strictly.
@@ -50,12 +56,13 @@ class ModelSource:
 
     path: str
     kind: str  # "checkpoint" | "model file"
-    config: dict  # the saved configuration, validated (DEFAULTS filled in)
+    config: dict  # DEFAULTS with the file's model settings (configs.config_from_model), validated
     identity: dict
     has_classifiers: bool
     epoch: int | None
     shapes: dict  # key -> shape of every tensor, known before the weights are read
     load: Callable[[], dict]  # () -> {key: tensor}
+    threshold: dict | None = None  # a model file's threshold record (engine.open_set), if it carries one
 
 
 def is_model_file(path):
@@ -75,7 +82,7 @@ def classifier_keys(model):
 # ------------------------------------------------------------------------------ writing
 
 
-def save_model_file(path, model, config, identity, with_classifiers=False, epoch=None):
+def save_model_file(path, model, config, identity, with_classifiers=False, epoch=None, threshold=None):
     """Write `model`'s inference weights (and its classifiers with `with_classifiers`) with `config` and
     `identity` as metadata to `path`, atomically. Returns the number of bytes written."""
     from safetensors.torch import save as safetensors_bytes
@@ -95,16 +102,23 @@ def save_model_file(path, model, config, identity, with_classifiers=False, epoch
         for key, value in model.state_dict().items()
         if with_classifiers or key not in classifiers
     }
+    from scstn_vcn.configs import model_settings
+
     metadata = {
         "format": FORMAT,
         "format_version": VERSION,
-        "config": json.dumps(plain_data(config, "config"), allow_nan=False),
+        # The model's settings only: the author's threads, workers, folders and evaluation settings are theirs.
+        "config": json.dumps(plain_data(model_settings(config), "config"), allow_nan=False),
         "identity": json.dumps(plain_data(identity, "identity"), allow_nan=False),
         "classifiers": "true" if with_classifiers else "false",
         "scstn_vcn": __version__,
     }
     if epoch is not None:
         metadata["epoch"] = str(int(epoch))
+    if threshold is not None:
+        from scstn_vcn.engine.open_set import check_threshold_record
+
+        metadata["threshold"] = json.dumps(check_threshold_record(threshold, path), allow_nan=False)
     data = safetensors_bytes(tensors, metadata=metadata)
     atomic_write(path, lambda handle: handle.write(data))
     return len(data)
@@ -114,12 +128,13 @@ def save_model_file(path, model, config, identity, with_classifiers=False, epoch
 
 
 def _validated_config(path, kind, saved):
-    from scstn_vcn.configs import ConfigError, config_from_saved
+    """DEFAULTS with the model settings of the file's configuration, validated; the rest of it is ignored."""
+    from scstn_vcn.configs import ConfigError, config_from_model
 
     if not isinstance(saved, dict):
         raise CheckpointError(f"{kind} {path}: its configuration is a {type(saved).__name__}, expected a mapping")
     try:
-        return config_from_saved(saved)
+        return config_from_model(saved, source=f"{kind} {path}")
     except (ConfigError, TypeError, KeyError, AttributeError) as error:
         raise CheckpointError(f"{kind} {path}: its saved configuration is not valid ({error})") from None
 
@@ -188,7 +203,15 @@ def read_model_file(path):
         except Exception as error:  # the file changed or broke since its header was read
             raise CheckpointError(f"model file {path}: its tensors cannot be read ({error})") from None
 
-    return ModelSource(path, "model file", config, identity, classifiers == "true", epoch, shapes, load)
+    threshold = metadata.get("threshold")
+    if threshold is not None:
+        from scstn_vcn.engine.open_set import ThresholdError, parse_threshold_metadata
+
+        try:
+            threshold = parse_threshold_metadata(threshold, f"model file {path}")
+        except ThresholdError as error:
+            raise CheckpointError(str(error)) from None
+    return ModelSource(path, "model file", config, identity, classifiers == "true", epoch, shapes, load, threshold)
 
 
 def read_training_checkpoint(path):
