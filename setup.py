@@ -124,7 +124,8 @@ def main():
         # The Triton kernels live in the top-level kernels/ folder but install only as the
         # subpackage scstn_vcn.kernels: no top-level `kernels` module lands in site-packages.
         package_dir={"scstn_vcn.kernels": "kernels"},
-        package_data={"scstn_vcn.configs": ["*.yaml"]},
+        # The report page's script and style are data files of scstn_vcn.report (copied into each report).
+        package_data={"scstn_vcn.configs": ["*.yaml"], "scstn_vcn.report": ["assets/*.js", "assets/*.css"]},
         ext_modules=[_extension()],
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     )

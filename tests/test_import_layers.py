@@ -23,6 +23,7 @@ LAYERS = (
     ("scstn_vcn.models", "scstn_vcn.losses", "scstn_vcn.data", "scstn_vcn.metrics"),
     ("scstn_vcn.engine",),  # training and evaluation machinery
     ("scstn_vcn.extractor", "scstn_vcn.export", "scstn_vcn.figures"),  # library pieces built on the engine
+    ("scstn_vcn.report",),  # the evaluation report (its alignment images are the figures' resampling)
     ("scstn_vcn.commands",),  # one module per `scstn-vcn` sub-command
     ("scstn_vcn.cli",),  # the parser and the dispatch
     ("scstn_vcn",),  # the package itself (its lazy scstn_vcn.FeatureExtractor)

@@ -23,20 +23,23 @@ def _split_batch(batch):
 
 
 @torch.no_grad()
-def extract_features(model, loader, device, amp="off", progress=None):
+def extract_features(model, loader, device, amp="off", progress=None, with_theta=False):
     """Run `model` over `loader`; returns {"feats": {name: (N, D) float32 CPU tensor},
-    "pids": (N,) long, "camids": (N,) long, "paths": list or None}."""
+    "pids": (N,) long, "camids": (N,) long, "paths": list or None}; with ``with_theta`` also "theta":
+    (N, 2, 3) float32, the spatial transformer's theta of each image (None for a model without a
+    spatial branch), which the evaluation report draws the alignment from at no extra forward pass."""
     was_training = model.training
     model.eval()
-    feats, pids, camids, paths = {}, [], [], []
+    feats, pids, camids, paths, thetas = {}, [], [], [], []
     have_paths = True
     try:
         for batch in loader:
             images, batch_pids, batch_camids, batch_paths = _split_batch(batch)
             with autocast_context(device, amp):
-                outputs = model(images.to(device, non_blocking=True))
+                outputs = model(images.to(device, non_blocking=True), **({"return_theta": True} if with_theta else {}))
             for name, value in outputs.items():
                 if name == "theta":
+                    thetas.append(value.float().cpu())
                     continue
                 feats.setdefault(name, []).append(value.float().cpu())
             pids.append(torch.as_tensor(batch_pids).long())
@@ -51,9 +54,12 @@ def extract_features(model, loader, device, amp="off", progress=None):
         model.train(was_training)
     if not pids:
         raise ValueError("extract_features: the loader yielded no batches (empty query or gallery set?)")
-    return {
+    out = {
         "feats": {name: torch.cat(parts) for name, parts in feats.items()},
         "pids": torch.cat(pids),
         "camids": torch.cat(camids),
         "paths": paths if have_paths else None,
     }
+    if with_theta:
+        out["theta"] = torch.cat(thetas) if thetas else None
+    return out
