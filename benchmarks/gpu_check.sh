@@ -186,14 +186,17 @@ if ((SMOKE)); then
     OPS_ARGS=(--device cpu --shapes tiny --dtypes float32 --backends eager,compile,native --reps 3)
     TRAIN_ARGS=(--device cpu --backbone tiny --size 32x16 --P 2 --K 2 --amp off --backends eager,native --rounds 2)
     EVAL_ARGS=(--device cpu --queries 100 --gallery 1000 --dims 32,64)
+    LARGE_ARGS=(--device cpu --queries 20 --gallery 800 --dim 32 --rank 8)
 elif ((QUICK)); then
     OPS_ARGS=(--device cuda --shapes O96 --dtypes float32,bfloat16 --reps 20)
     TRAIN_ARGS=(--device cuda --rounds 5)
     EVAL_ARGS=(--device cuda)
+    LARGE_ARGS=(--device cuda)
 else
     OPS_ARGS=(--device cuda --shapes O96,M96 --dtypes float32,bfloat16 --reps 50)
     TRAIN_ARGS=(--device cuda --rounds 10)
     EVAL_ARGS=(--device cuda)
+    LARGE_ARGS=(--device cuda)
 fi
 
 # --- 2. GPU tests and compute-sanitizer ------------------------------------------------------------------------
@@ -297,6 +300,10 @@ run_step evaluation 90 "$PY" benchmarks/gpu_check_eval.py "${EVAL_ARGS[@]}" --js
 report
 run_step evaluation-rerank 120 "$PY" benchmarks/gpu_check_eval.py "${EVAL_ARGS[@]}" --rerank \
     --json "$WORK/eval_rerank.json"
+report
+# exact re-ranking at Market-1501 + 500k distractors (goal < 60 s; benchmarks/gpu_check_large.py)
+run_step rerank-large 150 "$PY" benchmarks/gpu_check_large.py "${LARGE_ARGS[@]}" \
+    --json "$WORK/rerank_large.json"
 
 # --- 5. report, summary ----------------------------------------------------------------------------------------
 echo

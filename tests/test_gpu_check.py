@@ -144,6 +144,7 @@ def test_smoke_json_records_steps_train_step_evaluation_and_goals(smoke):
         "train-step": "ok",
         "evaluation": "ok",
         "evaluation-rerank": "ok",
+        "rerank-large": "ok",
     }
     assert check["environment"]["copy_gbps"] > 0
     assert {r["backend"] for r in check["train"]["results"]} == {"eager", "native"}

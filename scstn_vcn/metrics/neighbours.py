@@ -20,18 +20,21 @@ Views. A view's distance is the sum of its branches' cosine distances; that equa
 index per view serves it. The index sees float32 normalised vectors built a block of rows at a time.
 
 Candidates and rescoring. For each item the index returns ``k * rescore`` candidates (``rescore``
-defaults to 1 for float codes and 4 for quantised ones); the item itself is always added (its distance
-is 0, as in the exact pass), duplicates and faiss's -1 fillers are dropped, the exact distances of the
-candidates are computed from the features, and the k smallest by (distance, index) are kept. A row with
+defaults to 1 for float codes, 2 for scalar- and 4 for product-quantised ones); the item itself is always
+added (its distance is 0, as in the exact pass), duplicates and faiss's -1 fillers are dropped, the exact
+distances of the candidates are computed from the features, and the k smallest by (distance, index) are
+kept. A row with
 fewer than k candidates (an IVF whose probed lists hold fewer items) is searched exactly instead.
 
 Row maximum. Re-ranking divides each row by max_j D[i, j]^2 over all N items. The approximate backends
 get it from the same index: the farthest item from u_i is the item with the largest inner product with
--u_i, so one more search (k = ``far_k`` candidates, default 4) with the negated vectors finds it; its
-exact distance (and the largest distance among the neighbours) gives the maximum. With ``faiss-flat``
-that is exact (up to float rounding); with ``faiss-ivf`` it is a lower bound of the true maximum (a
-real distance of the row), exact when the farthest item lies in the nprobe lists nearest to -u_i; the
-measured ratio to the exact maximum is reported with the recall. It costs one more search per item.
+-u_i, so one more search (``far_k`` = 4 candidates from ``far_nprobe`` = 2 lists) with the negated
+vectors finds it; its exact distance (and the largest distance among the neighbours) gives the maximum.
+With ``faiss-flat`` that is exact (up to float rounding); with ``faiss-ivf`` it is a lower bound of the
+true maximum (a real distance of the row), exact when the farthest item lies in the far_nprobe lists
+nearest to -u_i; the measured ratio to the exact maximum is reported with the recall. It costs one more
+search per item, over fewer lists than the neighbours' (the maximum only scales a row's D^, and a
+slightly low one changes the weights little; the measured ratio says how little).
 
 Recall. For the approximate backends ``find_neighbours`` measures, on ``recall_sample`` rows drawn with
 a fixed seed, the recall of the k nearest (|approximate & exact| / k, against the exact neighbours of
@@ -110,9 +113,9 @@ class NeighbourSearch:
 
     ``backend`` exact | faiss-flat | faiss-ivf; ``nprobe`` lists searched (faiss-ivf); ``nlist`` lists
     (None: ``default_nlist(N)``); ``codes`` the IVF's vector codes (Flat, SQ8, SQ4, SQfp16, PQ<m>);
-    ``rescore`` candidates per neighbour re-scored exactly (None: 1 for Flat, 4 otherwise); ``far_k``
-    candidates for the row maximum; ``train_size`` rows the IVF trains on (None: min(N, 64 nlist));
-    ``recall_sample`` rows on which recall is measured (0: not measured); ``seed`` for the samples.
+    ``rescore`` candidates per neighbour re-scored exactly (None: ``default_rescore``); ``far_k``
+    candidates for the row maximum, from ``far_nprobe`` lists; ``train_size`` rows the IVF trains on (None:
+    min(N, 64 nlist)); ``recall_sample`` rows on which recall is measured (0: not measured); ``seed`` for the samples.
     """
 
     backend: str = "exact"
@@ -121,6 +124,7 @@ class NeighbourSearch:
     codes: str = "SQ8"
     rescore: int | None = None
     far_k: int = 4
+    far_nprobe: int = 2
     train_size: int | None = None
     recall_sample: int = 500
     seed: int = 0
@@ -133,6 +137,7 @@ class NeighbourSearch:
         check_codes(self.codes)
         _positive_int(self.rescore, "rescore", allow_none=True)
         _positive_int(self.far_k, "far_k")
+        _positive_int(self.far_nprobe, "far_nprobe")
         _positive_int(self.train_size, "train_size", allow_none=True)
         if not isinstance(self.recall_sample, numbers.Integral) or self.recall_sample < 0:
             raise ValueError(f"recall_sample must be an integer >= 0, got {self.recall_sample!r}")
@@ -148,6 +153,14 @@ class NeighbourSearch:
         elif self.backend == "faiss-flat":
             out.update(far_k=self.far_k, recall_sample=self.recall_sample)
         return out
+
+
+def default_rescore(search: NeighbourSearch) -> int:
+    """Candidates per neighbour: 1 for float vectors, 2 for scalar-quantised codes (SQ8 keeps the order but
+    for near-ties), 4 for product-quantised codes (coarser)."""
+    if search.backend == "faiss-flat" or search.codes in ("Flat", "SQfp16"):
+        return 1
+    return 4 if search.codes.startswith("PQ") else 2
 
 
 def view_vectors(items: ItemFeatures, branches: Sequence[str], start: int, stop: int) -> np.ndarray:
@@ -248,11 +261,19 @@ class _FaissView:
             parts.append(x * self.items.gather(b, idx, inverse=True).float()[:, None])
         return torch.cat(parts, 1).cpu().numpy()
 
-    def search(self, start: int, stop: int, k: int, negate: bool = False) -> torch.Tensor:
+    def search(self, start: int, stop: int, k: int, negate: bool = False, nprobe: int | None = None) -> torch.Tensor:
         x = view_vectors(self.items, self.branches, start, stop)
         if negate:
             np.negative(x, out=x)
-        _, ids = self.index.search(x, k)
+        if nprobe is not None and self.nlist is not None:
+            ivf = self.faiss.extract_index_ivf(self.index)
+            before, ivf.nprobe = ivf.nprobe, min(nprobe, self.nlist)
+            try:
+                _, ids = self.index.search(x, k)
+            finally:
+                ivf.nprobe = before
+        else:
+            _, ids = self.index.search(x, k)
         ids = torch.from_numpy(ids).to(self.items.device)
         return ids.masked_fill_(ids < 0, self.items.num_items)
 
@@ -262,7 +283,7 @@ def faiss_neighbours(items: ItemFeatures, branches, k: int, search: NeighbourSea
     n, dev = items.num_items, items.device
     k = min(k, n)
     view = _FaissView(items, branches, search)
-    rescore = search.rescore or (1 if search.codes in ("Flat",) or search.backend == "faiss-flat" else 4)
+    rescore = search.rescore or default_rescore(search)
     fetch = min(n, k * rescore)
     values = torch.empty((n, k), dtype=items.dtype, device=dev)
     index = torch.empty((n, k), dtype=torch.int64, device=dev)
@@ -276,7 +297,7 @@ def faiss_neighbours(items: ItemFeatures, branches, k: int, search: NeighbourSea
         dist, cand, found = _exact_candidates(items, branches, rows, cand, k)
         values[start:stop], index[start:stop] = dist, cand
         short.append(rows[found < k])
-        far = view.search(start, stop, min(n, search.far_k), negate=True)
+        far = view.search(start, stop, min(n, search.far_k), negate=True, nprobe=search.far_nprobe)
         far_dist, _, _ = _exact_candidates(items, branches, rows, far, far.shape[1])
         far_dist = far_dist.masked_fill(torch.isinf(far_dist), 0.0)
         peak = torch.maximum(far_dist.amax(1), dist.masked_fill(torch.isinf(dist), 0.0).amax(1))
