@@ -114,7 +114,8 @@ def run_of(results, payload, info, short=None):
 
     thetas = getattr(results, "thetas", None) or (None, None)
     as_numpy = [None if t is None else t.numpy() for t in thetas]
-    label = f"{info['model']} · {os.path.basename(info['weights'])}"
+    weights = info["weights"]
+    label = f"{info['model']} · {os.path.basename(os.path.dirname(weights))}/{os.path.basename(weights)}"
     return ReportRun(label, payload, results, as_numpy[0], as_numpy[1], info, short)
 
 

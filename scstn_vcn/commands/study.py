@@ -7,6 +7,8 @@ seeds, optionally over several detection-error levels of the synthetic set, and 
     OUTPUT/results.csv      one row per (run, feature), appended as each run finishes
     OUTPUT/table3.md, .png  the ablation table (without --detection-error)
     OUTPUT/misalignment.md, .png   metrics against the detection error level (with --detection-error)
+    OUTPUT/report[-e<E>]/   with --report: the evaluation report comparing the baseline with the full
+                            model (the first seed's runs), query by query (scstn_vcn.report)
 
 Resuming: the finished (variant, seed, level) runs are read back from results.csv and skipped; an
 unfinished run starts over (its folder is cleared). Each run's rows go to the CSV in one write of
@@ -241,6 +243,8 @@ def run(args):
 
     variants = parse_variants(args.variants)
     seeds = parse_seeds(args.seeds)
+    if args.report and not set(REPORT_PAIR) <= set(variants):
+        raise UsageError(f"--report compares {' and '.join(REPORT_PAIR)}: --variants must include both")
     levels = parse_levels(args.detection_error)
     if levels is not None and args.data_root is not None:
         raise UsageError("--detection-error: needs the synthetic set (it re-renders it per level); drop --data-root")
@@ -334,7 +338,44 @@ def run(args):
     ]
     for path in write_reports(output, rows, variants, seeds, levels, _parameter_counts(args, variants, roots)):
         print(f"wrote {path}")
+    if args.report:
+        for path in write_compare_reports(args, output, seeds[0], level_list, roots):
+            print(f"wrote {path}")
     return 0
+
+
+# The paper's ranked-list figure: the baseline against the full model on the same queries.
+REPORT_PAIR = ("baseline", "full")
+
+
+def write_compare_reports(args, output, seed, levels, roots):
+    """OUTPUT/report[-e<E>]/index.html per level: the baseline's and the full model's runs of `seed`,
+    evaluated again from their checkpoints with per-query records, on one page."""
+    from scstn_vcn.commands.eval_report import model_info, run_of
+    from scstn_vcn.engine.builders import build_dataset_from_config
+    from scstn_vcn.engine.evaluator import evaluate_model, write_results
+    from scstn_vcn.engine.model_file import build_inference_model, open_model_source
+    from scstn_vcn.engine.runtime import resolve_device
+    from scstn_vcn.report import write_report
+
+    written = []
+    for level in levels:
+        folder = os.path.join(output, "report" + ("" if level is None else f"-e{level:g}"))
+        runs, dataset = [], None
+        for variant in REPORT_PAIR:
+            run_dir = os.path.join(output, "runs", run_name(variant, seed, level))
+            config = _run_config(args, variant, seed, roots[level], run_dir)
+            config["eval"]["report"] = folder  # per-query records and theta
+            checkpoint = os.path.join(run_dir, "checkpoint.pth")
+            device = resolve_device(config["train"]["device"])
+            model = build_inference_model(open_model_source(checkpoint), config).to(device).eval()
+            dataset = dataset or build_dataset_from_config(config)
+            results, _, _ = evaluate_model(model, dataset, config, device)
+            extra = {"checkpoint": checkpoint, "variant": variant, "seed": seed}
+            payload = write_results(os.path.join(folder, f"results-{variant}.json"), results, extra)
+            runs.append(run_of(results, payload, model_info(config, checkpoint, device), variant))
+        written.append(write_report(folder, runs, dataset.query, dataset.gallery))
+    return written
 
 
 def _parameter_counts(args, variants, roots):
@@ -385,4 +426,9 @@ def add_arguments(p):
     p.add_argument("--output", required=True, help="study folder (results.csv, runs/, reports)")
     p.add_argument("--fused", action="store_true", help="run every op with its fused backend")
     p.add_argument("--no-progress", action="store_true", help="one line per run instead of a progress bar")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="also write OUTPUT/report/index.html: the baseline and the full model (first seed) query by query",
+    )
     add_traceback_arg(p)
