@@ -267,3 +267,32 @@ def test_written_files_get_the_usual_permissions_not_the_temporary_files(tmp_pat
         assert stat.S_IMODE(os.stat(tmp_path / "b.bin").st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize("status", ["linux", "no-umask-line", "no-proc"])
+def test_the_umask_is_read_without_being_changed(tmp_path, monkeypatch, status):
+    """os.umask can only set the umask; setting it to 0 and back to read it is process-wide, so a file another
+    thread creates in between would get mode 0o666. The mode comes from /proc/self/status's Umask line, or,
+    where there is none (an older kernel, no /proc), from a probe file; os.umask is never called."""
+    old = os.umask(0o027)
+    try:
+        if status == "no-umask-line":
+            fake = tmp_path / "status"
+            fake.write_text("Name:\tpython\nState:\tR (running)\n")
+            monkeypatch.setattr(ckpt, "PROC_STATUS", str(fake))
+        elif status == "no-proc":
+            monkeypatch.setattr(ckpt, "PROC_STATUS", str(tmp_path / "missing"))
+        elif ckpt._umask_from_proc() is None:
+            pytest.skip("this system's /proc/self/status has no Umask line")
+
+        def refuse(*args):
+            raise AssertionError("os.umask was called: it changes the umask of every thread")
+
+        monkeypatch.setattr(os, "umask", refuse)
+        assert ckpt.default_file_mode() == 0o640
+        ckpt.atomic_write(tmp_path / "a.bin", lambda handle: handle.write(b"x"))
+        assert stat.S_IMODE(os.stat(tmp_path / "a.bin").st_mode) == 0o640
+        assert sorted(os.listdir(tmp_path)) == sorted(["a.bin"] + (["status"] if status == "no-umask-line" else []))
+    finally:
+        monkeypatch.undo()
+        os.umask(old)

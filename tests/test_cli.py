@@ -81,7 +81,9 @@ def test_demo_names_what_its_numbers_depend_on(demo_run, tmp_path):
 def test_eval_prints_all_metrics_and_writes_json(demo_run, tmp_path, capsys):
     _, _, out = demo_run
     target = tmp_path / "res.json"
-    code = main(["eval", "--checkpoint", str(out / "run" / "checkpoint.pth"), "--output", str(target)])
+    # How to run it comes from the flags: the checkpoint defines the model, not where the data is.
+    data = ["--data-root", str(out / "data"), "--workers", "0"]
+    code = main(["eval", "--checkpoint", str(out / "run" / "checkpoint.pth"), "--output", str(target), *data])
     assert code == 0
     printed = capsys.readouterr().out
     assert "rank-1   rank-5  rank-10      mAP     mINP" in printed
@@ -99,6 +101,7 @@ def test_export_npz(demo_run, tmp_path):
     assert (
         main(
             ["export", "--checkpoint", str(out / "run" / "checkpoint.pth"), "--format", "npz", "--output", str(target)]
+            + ["--data-root", str(out / "data"), "--workers", "0"]
         )
         == 0
     )
@@ -172,6 +175,10 @@ def test_visualize_writes_pngs(demo_run, tmp_path, capsys):
                 "2",
                 "--topk",
                 "3",
+                "--data-root",
+                str(out / "data"),
+                "--workers",
+                "0",
             ]
         )
         == 0

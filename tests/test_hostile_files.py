@@ -337,3 +337,130 @@ def test_cli_names_a_bad_model_file_in_one_line(bad_files, tmp_path, capsys):
         capsys, ["eval", "--checkpoint", str(bad_files["float64 weights"][0]), "--data-root", str(tmp_path)]
     )
     assert "dtype (file vs model)" in err and not (tmp_path / "f.npz").exists()
+
+
+# ------------------------------------------------------------------------------ a file's runtime settings
+
+# What an older (or a hostile) file's configuration may say about how to run it. None of it may reach the
+# recipient's run: the file defines the model, the recipient's flags and the defaults say how it runs.
+HOSTILE_SETTINGS = {
+    ("eval", "rerank"): True,
+    ("eval", "rerank_k1"): 10**9,  # N x N neighbour lists: about 70 GB at MSMT17
+    ("eval", "workers"): 100000,  # as many forked processes
+    ("eval", "batch_size"): 10**6,
+    ("data", "workers"): 100000,
+    ("train", "threads"): 100000,
+    ("data", "root"): "/etc",
+    ("train", "device"): "cuda:7",
+    ("train", "fused"): True,
+    ("train", "kernels"): "triton",
+    ("train", "output"): "/etc/scstn",
+}
+
+
+def _hostile_config(config):
+    saved = json.loads(json.dumps(config))
+    for (section, key), value in HOSTILE_SETTINGS.items():
+        saved[section][key] = value
+    return saved
+
+
+@pytest.fixture(scope="module")
+def runtime_files(good, tmp_path_factory):
+    """{kind: (clean path, hostile path)}: the good model's weights in a model file and in a training checkpoint,
+    once with the model's own settings and once with HOSTILE_SETTINGS in the saved configuration (written as an
+    older scstn-vcn wrote whole configurations)."""
+    tensors, metadata, path = good
+    folder = tmp_path_factory.mktemp("runtime")
+    config = load_config("demo", [(["data", "height"], 64), (["data", "width"], 32)])
+    hostile = folder / "hostile.safetensors"
+    save_file(tensors, str(hostile), metadata={**metadata, "config": json.dumps(_hostile_config(config))})
+    from scstn_vcn.engine.builders import build_model_from_config
+
+    weights = build_model_from_config(config, 5, pretrained=False).state_dict()  # with its ID classifiers
+    checkpoints = {}
+    for name, saved in (("clean", config), ("hostile", _hostile_config(config))):
+        checkpoints[name] = folder / f"{name}.pth"
+        state = {"format": ckpt.FORMAT, "version": ckpt.VERSION, "epoch": 3, "model": weights, "config": saved}
+        ckpt.atomic_torch_save({**state, "identity": model_identity(config, 5)}, checkpoints[name])
+    return {
+        "model file": (path, hostile),
+        "checkpoint": (checkpoints["clean"], checkpoints["hostile"]),
+    }
+
+
+def _inference_args(command, path, *flags):
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(f"scstn_vcn.commands.{command}").add_arguments(parser)
+    required = {"export": ["--format", "onnx", "--output", "m.onnx"]}
+    return parser.parse_args(["--checkpoint", str(path), *required.get(command, []), *flags])
+
+
+@pytest.mark.parametrize("kind", ["model file", "checkpoint"])
+def test_a_files_runtime_settings_change_nothing_of_the_recipients_run(kind, runtime_files, monkeypatch):
+    """eval / export / visualize load a model with the recipient's settings: the run from the hostile file is the
+    run from the clean one, and that is the defaults; torch's thread count is left alone."""
+    from scstn_vcn.commands._common import inference_config_and_model, load_model_for_inference
+    from scstn_vcn.configs import DEFAULTS
+
+    clean, hostile = runtime_files[kind]
+    _, expected, _ = inference_config_and_model(_inference_args("eval", clean))
+    for name in ("train", "eval"):
+        assert expected[name] == DEFAULTS[name]
+    assert expected["data"]["root"] is None and expected["data"]["workers"] == DEFAULTS["data"]["workers"]
+    threads = torch.get_num_threads()
+    for command in ("eval", "export", "visualize"):
+        args = _inference_args(command, hostile)
+        source, config, model = inference_config_and_model(args)
+        assert config == expected, command
+        assert source.config == config  # what the file is said to hold, too
+        config, model, dataset, device = load_model_for_inference(args, need_data=False)
+        assert config == expected and device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        assert torch.get_num_threads() == threads
+    # The recipient's own flags still apply.
+    args = _inference_args("eval", hostile, "--workers", "1", "--set", "eval.rerank=true", "--device", "cpu")
+    _, config, _ = inference_config_and_model(args)
+    assert config["eval"]["workers"] == config["data"]["workers"] == 1
+    assert config["eval"]["rerank"] is True and config["eval"]["rerank_k1"] == DEFAULTS["eval"]["rerank_k1"]
+
+
+@pytest.mark.parametrize("kind", ["model file", "checkpoint"])
+def test_a_files_runtime_settings_do_not_reach_the_feature_extractor(kind, runtime_files):
+    clean, hostile = runtime_files[kind]
+    threads = torch.get_num_threads()
+    images = torch.randn(3, 3, 64, 32)
+    reference = scstn_vcn.FeatureExtractor(clean, device="cpu", batch_size=2)
+    extractor = scstn_vcn.FeatureExtractor(hostile, device="cpu", batch_size=2)
+    assert extractor.config == reference.config and extractor.device == torch.device("cpu")
+    assert extractor.backend is None and extractor.batch_size == 2
+    assert torch.get_num_threads() == threads
+    features, expected = extractor(images), reference(images)
+    assert all(torch.equal(features[name], expected[name]) for name in expected)
+
+
+def test_export_writes_no_runtime_settings(runtime_files, tmp_path, capsys):
+    """A model file exported from a hostile (or any) file carries the model's settings only."""
+    from safetensors import safe_open
+
+    from scstn_vcn.configs import MODEL_SETTINGS
+
+    for kind, (_, hostile) in runtime_files.items():
+        out = tmp_path / f"{kind.replace(' ', '_')}.safetensors"
+        assert main(["export", "--checkpoint", str(hostile), "--format", "safetensors", "--output", str(out)]) == 0
+        with safe_open(str(out), framework="pt") as handle:
+            saved = json.loads(handle.metadata()["config"])
+        assert {section: set(values) for section, values in saved.items()} == {
+            section: set(keys) for section, keys in MODEL_SETTINGS.items()
+        }
+        assert "/etc" not in json.dumps(saved)
+
+
+def test_resuming_a_checkpoint_validates_its_runtime_settings(runtime_files, capsys):
+    """train --resume keeps the checkpoint's training recipe (the user's own run) but not an unchecked runtime
+    setting: the first bad one is named, with the file it came from."""
+    _, hostile = runtime_files["checkpoint"]
+    err = _cli_error(capsys, ["train", "--resume", str(hostile)])
+    assert "train.threads must be an integer from 0 to" in err and f"(from checkpoint {hostile})" in err, err

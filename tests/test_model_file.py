@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 import scstn_vcn
 from scstn_vcn.cli import main
-from scstn_vcn.configs import load_config, model_identity
+from scstn_vcn.configs import load_config, model_identity, model_settings
 from scstn_vcn.engine import checkpoint as ckpt
 from scstn_vcn.engine import model_file
 
@@ -109,7 +109,8 @@ def test_model_file_holds_the_inference_weights_and_the_configuration(run):
     assert metadata["format"] == "scstn-vcn-model" and metadata["format_version"] == "1"
     assert metadata["classifiers"] == "false" and metadata["epoch"] == "3"
     assert metadata["scstn_vcn"] == scstn_vcn.__version__
-    assert json.loads(metadata["config"]) == run["config"]
+    # The model's settings only: never the author's folders, threads, workers or evaluation settings.
+    assert json.loads(metadata["config"]) == model_settings(run["config"])
     assert json.loads(metadata["identity"]) == model_identity(run["config"], run["dataset"].num_train_pids)
     # The checkpoint also holds the classifiers and Adam's two moments per parameter.
     assert os.path.getsize(run["model_file"]) < os.path.getsize(run["checkpoint"]) / 2.5
@@ -211,10 +212,12 @@ def test_commands_give_identical_results_from_both(run, tmp_path, capsys):
     outputs = {}
     for label, source in sources.items():
         folder = tmp_path / label.replace(" ", "_")
-        code, eval_out, err = _quiet(["eval", "--checkpoint", source, "--output", str(folder / "results.json")])
+        data = ["--data-root", root, "--workers", "0"]  # the recipient's: neither file says where the data is
+        code, eval_out, err = _quiet(["eval", "--checkpoint", source, "--output", str(folder / "results.json"), *data])
         assert code == 0, err
         assert f"from {label} {source}" in eval_out
-        assert _quiet(["export", "--checkpoint", source, "--format", "npz", "--output", str(folder / "f.npz")])[0] == 0
+        npz = ["export", "--checkpoint", source, "--format", "npz", "--output", str(folder / "f.npz"), *data]
+        assert _quiet(npz)[0] == 0
         assert (
             _quiet(
                 [
@@ -255,6 +258,7 @@ def test_commands_give_identical_results_from_both(run, tmp_path, capsys):
         assert (
             _quiet(
                 ["visualize", "--checkpoint", source, "--what", "ranked,alignment", "--output", str(folder / "figures")]
+                + data
             )[0]
             == 0
         )

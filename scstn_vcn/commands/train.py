@@ -41,7 +41,7 @@ def run(args):
     if args.resume and not args.config:
         # Continue the run as it was configured; flags and --set still override.
         state = ckpt.load_checkpoint(args.resume)
-        config = config_from_saved(state["config"], config_overrides(args, extra))
+        config = config_from_saved(state["config"], config_overrides(args, extra), source=f"checkpoint {args.resume}")
     else:
         config = load_config(args.config, config_overrides(args, extra))
     if args.eval_target:

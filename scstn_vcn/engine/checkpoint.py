@@ -22,6 +22,7 @@ import os
 import pickle
 import pickletools
 import re
+import stat
 import tempfile
 import zipfile
 
@@ -46,12 +47,46 @@ def _some(items, limit=3):
 # ------------------------------------------------------------------------------ writing
 
 
+PROC_STATUS = "/proc/self/status"
+
+
+def _umask_from_proc():
+    """The umask from the `Umask:` line of /proc/self/status (Linux 4.7 and later), or None where there is none."""
+    try:
+        with open(PROC_STATUS) as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _mode_of_a_new_file():
+    """The mode the kernel gives a file created with 0o666 (that is, with the umask applied), from a probe file
+    in a fresh private folder."""
+    folder = tempfile.mkdtemp(prefix="scstn-vcn-umask-")
+    try:
+        probe = os.path.join(folder, "probe")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        try:
+            return stat.S_IMODE(os.stat(probe).st_mode)
+        finally:
+            os.unlink(probe)
+    finally:
+        os.rmdir(folder)
+
+
 def default_file_mode():
     """The mode a file created with open() gets (0o666 less the umask): mkstemp's private 0o600 is right for
-    the temporary file, not for the model or features it becomes, which the user may want to share."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    the temporary file, not for the model or features it becomes, which the user may want to share.
+
+    The umask is read without changing it: os.umask can only set it (returning the old value), and setting
+    it to read it is process-wide, so a file another thread creates in between would get mode 0o666. Linux
+    says it in /proc/self/status; where that has no `Umask:` line (before Linux 4.7, without /proc, other
+    systems) a probe file created with 0o666 shows the mode the umask leaves."""
+    umask = _umask_from_proc()
+    return _mode_of_a_new_file() if umask is None else 0o666 & ~umask
 
 
 def atomic_write(path, write):
