@@ -292,9 +292,9 @@ def cmd_calibrate(args):
     goal = target[args.branch]
     n = goal["items"]
     trials = []
-    for rank in (16, 32, 64, 128):
-        for spread in (0.3, 0.5, 0.7, 1.0):
-            for noise in (0.01, 0.03):
+    for rank in args.ranks:
+        for spread in args.spreads:
+            for noise in args.noises:
                 gen = Generator(rank, spread, noise)
                 pids = np.arange(n) // 9  # the extracted set's ~9 images an identity
                 got = profile(gen.images(pids, 0))
@@ -302,7 +302,7 @@ def cmd_calibrate(args):
                     got["ivf"]["recall_at_nprobe"][p] - goal["ivf"]["recall_at_nprobe"][p] for p in map(str, PROBES)
                 ]
                 score = abs(np.log(got["pca90"] / goal["pca90"])) + float(np.mean(np.abs(curve))) * 5
-                trials.append({"generator": vars_of(gen), "profile": got, "score": round(score, 4)})
+                trials.append({"generator": vars_of(gen), "profile": got, "score": round(float(score), 4)})
                 print(trials[-1], flush=True)
     best = min(trials, key=lambda t: t["score"])
     save(args.json, {"target": target, "matched_branch": args.branch, "best": best, "trials": trials})
@@ -381,6 +381,9 @@ def main():
     p.add_argument("--json")
     p = sub.add_parser("calibrate")
     p.add_argument("--branch", default="global")
+    p.add_argument("--ranks", type=lambda t: [int(v) for v in t.split(",")], default=[16, 32, 64, 128])
+    p.add_argument("--spreads", type=lambda t: [float(v) for v in t.split(",")], default=[0.3, 0.5, 0.7, 1.0])
+    p.add_argument("--noises", type=lambda t: [float(v) for v in t.split(",")], default=[0.01, 0.03])
     p.add_argument("--json")
     p = sub.add_parser("generate")
     p.add_argument("--gallery", type=int, default=515913)
