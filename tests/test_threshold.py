@@ -234,3 +234,10 @@ def test_visualize_roc_from_results(setup, tmp_path):
     assert (tmp_path / "roc.png").read_bytes()[:8] == PNG
     code, _, err = _cli(["visualize", "--what", "roc", "--output", tmp_path])
     assert code == 2 and "--results JSON" in err
+    # Without --results: evaluated from the model and the data set.
+    evaluated = tmp_path / "evaluated"
+    argv = ["visualize", "--what", "roc", "--checkpoint", setup["model_file"], "--data-root", setup["root"]]
+    argv += ["--output", evaluated, "--device", "cpu", "--set", "eval.workers=0", "--set", "data.workers=0"]
+    code, printed, err = _cli(argv)
+    assert code == 0, err
+    assert (evaluated / "roc.png").read_bytes()[:8] == PNG and "roc.png" in printed
