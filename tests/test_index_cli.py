@@ -22,7 +22,7 @@ def _clustered(n, seed, centres):
 
 
 def _folder(path, feats, first=0):
-    n = feats["global"].shape[0]
+    n = next(iter(feats.values())).shape[0]
     paths = [f"images/{first + i:06d}_c{i % 4 + 1}.jpg" for i in range(n)]
     writer = FeatureStoreWriter(path, paths, {b: f.shape[1] for b, f in feats.items()}, pids=np.arange(n) + first)
     writer.prepare()
@@ -122,6 +122,13 @@ def test_bad_input_is_one_clear_error(folders, tmp_path, capsys):
     query = ["search", "--checkpoint", "unused", "--index", str(index), "--query-features", str(base / "query")]
     fails(query + ["--nprobe", "0"], "--nprobe must be a positive integer")
     fails(query + ["--gallery", "x"], "--gallery and --index exclude each other")
+    # query features of another model: other dimensions, or without the index's branches
+    rng = np.random.default_rng(5)
+    _folder(tmp_path / "q5", {"global": rng.standard_normal((4, 5)).astype(np.float32)})
+    other = query[:6] + [str(tmp_path / "q5")]
+    fails(other, "the query features must give 'global' of dimension 16")
+    _folder(tmp_path / "qs", {"spatial": rng.standard_normal((4, 8)).astype(np.float32)})
+    fails(query[:6] + [str(tmp_path / "qs")], "branches ['global'] asked for, the folder holds ['spatial']")
     assert not (tmp_path / "x").exists()
     # an index whose JSON describes other features
     meta = json.loads((tmp_path / "g.index.json").read_text())
