@@ -220,18 +220,18 @@ def test_low_precision_features_on_cuda_rerank_as_their_float32_upcast(dtype):
 
 
 @pytest.mark.parametrize("where", ["query", "gallery"])
-def test_finite_features_whose_distances_overflow_are_an_error_naming_them(where):
-    """Entries of 1e20 are finite, but their squared norm is not in float32: the distances are NaN. One
-    clear error, never an index out of range."""
+def test_finite_features_whose_norms_overflow_are_an_error_naming_them(where):
+    """Entries of 1e20 are finite, but their squared norm is not in float32 (their distances would be NaN,
+    and NaN never ranks ahead of the padding index). One clear error, never an index out of range."""
     big = torch.full((3, 8), 1e20)
     q, g = (big, torch.randn(9, 8)) if where == "query" else (torch.randn(3, 8), big)
-    with pytest.raises(
-        ValueError, match=r"cosine distances of query\['feature'\] / gallery\['feature'\] are not finite"
-    ):
+    with pytest.raises(ValueError, match=rf"{where}\['feature'\] row 0 has a norm that overflows torch.float32"):
         k_reciprocal_rerank(q, g, RerankConfig(2, 2))
     ids = ([1, 2, 1], [1, 2, 1] * (g.shape[0] // 3), [0] * 3, [1] * g.shape[0])
-    with pytest.raises(ValueError, match=r"query_feats\['global'\] / gallery_feats\['global'\] are not finite"):
+    with pytest.raises(ValueError, match=rf"{where}_feats\['global'\] row 0 has a norm that overflows"):
         evaluate_features({"global": q}, {"global": g}, *ids, rerank=RerankConfig(2, 2), fusion=None)
+    plain = evaluate_features({"global": q}, {"global": g}, *ids, fusion=None)  # unchanged: no pass over all items
+    assert plain["global"]["num_valid_queries"] == 3
 
 
 def test_neighbours_from_another_search_are_checked():
@@ -241,6 +241,12 @@ def test_neighbours_from_another_search_are_checked():
     neighbours = nearest_neighbours(items, {"v": ("f",)}, 3, 5)["v"]
     neighbours.index[5, 2] = -1
     with pytest.raises(ValueError, match=r"returned an index outside 0 \.\. 10 for item 5"):
+        KReciprocalEncoding(items, ("f",), neighbours, RerankConfig(2, 2), 4)
+    neighbours.index[5, 2] = 3
+    neighbours.sq_max[7] = float("nan")
+    with pytest.raises(
+        ValueError, match=r"over query_feats\['f'\] / gallery_feats\['f'\] gave distances that are not finite \(item 7"
+    ):
         KReciprocalEncoding(items, ("f",), neighbours, RerankConfig(2, 2), 4)
 
 

@@ -94,6 +94,16 @@ class ItemFeatures:
                     raise ValueError(f"{label}[{name!r}] contains NaN or infinite values")
         self.query_inv = {n: inverse_norms(t) for n, t in self.query.items()}
         self.gallery_inv = {n: inverse_norms(t) for n, t in self.gallery.items()}
+        for label, table in ((query_name, self.query_inv), (gallery_name, self.gallery_inv)):
+            for name, inv in table.items():
+                # 1 / max(|x|, eps) is 0 only where the norm overflowed: finite entries (e.g. 1e20 in float32)
+                # whose squares do not fit the dtype. Their distances would be NaN or, normalised, wrong.
+                overflow = (inv == 0).nonzero()
+                if overflow.numel():
+                    raise ValueError(
+                        f"{label}[{name!r}] row {int(overflow[0, 0])} has a norm that overflows {inv.dtype}: its "
+                        "cosine distances cannot be computed; scale the features down (e.g. normalise them)"
+                    )
         self.dtype = compute_dtype(self.query[self.branches[0]].dtype)
         for name in self.branches:
             self.dtype = torch.promote_types(self.dtype, compute_dtype(self.query[name].dtype))
@@ -142,17 +152,18 @@ class ItemFeatures:
         out[~in_query] = table_g[name].index_select(0, items[~in_query] - self.num_query)
         return out
 
+    def unit_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Features of items [start, stop) of one branch divided by their norms, in the compute dtype (a new
+        tensor of the range's size; half-precision features are upcast, as a GEMM of them is slow on the CPU
+        and the distances must be those of the float32 upcast)."""
+        inv = self.inv_rows(name, start, stop).to(self.dtype)
+        return self.rows(name, start, stop).to(self.dtype) * inv[:, None]
+
     def branch_block(self, name: str, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
-        """Cosine distances of one branch between items rows[0]:rows[1] and cols[0]:cols[1]: one GEMM of the
-        raw features (views, no normalised copies), then scaled by both inverse norms and subtracted from 1;
-        the evaluation's distance up to float rounding."""
-        # Half-precision features are upcast first: a product of raw (not normalised) float16 rows
-        # could pass float16's 65504, and the CPU has no fast half-precision GEMM.
-        a, b = self.rows(name, *rows).to(self.dtype), self.rows(name, *cols).to(self.dtype)
-        block = torch.matmul(a, b.T)
-        block.mul_(self.inv_rows(name, *rows).to(self.dtype)[:, None])
-        block.mul_(self.inv_rows(name, *cols).to(self.dtype)[None, :])
-        return block.neg_().add_(1.0)
+        """Cosine distances of one branch between items rows[0]:rows[1] and cols[0]:cols[1]: 1 - the GEMM of
+        the normalised rows (``unit_rows``); the evaluation's distance up to float rounding."""
+        one = torch.ones((), dtype=self.dtype, device=self.device)
+        return torch.addmm(one, self.unit_rows(name, *rows), self.unit_rows(name, *cols).T, alpha=-1)
 
     def gallery_block(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Cosine distances of one branch between queries [start, stop) and the whole gallery."""

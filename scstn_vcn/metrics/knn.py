@@ -8,13 +8,20 @@ branch, or the sum of several branches' cosine distances) this finds
 * the row maximum of the squared distance, max_j D[i, j]^2 over all N items (re-ranking normalises by it).
 
 Blocks. The items are cut into ranges of at most ``block_size`` (queries and gallery separately); for
-every pair of ranges I <= J the (|I|, |J|) distance block is computed once per branch, as 1 - <x_i, x_j>
-/ (|x_i| |x_j|) from one GEMM of the raw features (the evaluation's cosine distance up to float
-rounding). It serves rows I (their candidates in J) and, transposed, rows J (their candidates in I), so
-each distance is computed once and the matrix is taken as symmetric, as a distance is. Per block and
-direction, ``smallest_k`` gives each row's exact k smallest (value, index) pairs within the block, and
-``merge_smallest`` folds them into the row's running list. The exact smallest k of a row is the smallest
-k of the union of the blocks' exact smallest k, so the result equals a full stable sort.
+every pair of ranges I <= J the (|I|, |J|) distance block is computed once per branch, as 1 - <x_i / |x_i|,
+x_j / |x_j|> in one GEMM (``torch.addmm`` with beta = 1 on a broadcast 1; the evaluation's cosine
+distance up to float rounding), into buffers reused from block to block. It serves rows I (their
+candidates in J) and, transposed, rows J (their candidates in I), so each distance is computed once and
+the matrix is taken as symmetric, as a distance is: half the N^2 products.
+
+Selection. First the diagonal blocks (I, I): ``smallest_k`` gives each row its exact k smallest within its
+own range, so every list has a k-th distance, an upper bound on the final one. Then each block above the
+diagonal: a distance can enter row i's list only if it is at most the list's current k-th (equal ones too,
+for the ties by index), so one comparison per direction selects the few candidates (about k ln(N /
+block_size) a row in all for features in random order), and ``merge_smallest`` folds them into the lists
+(``smallest_k`` first, where a row has more than k). The lists only improve, so a distance left out is
+above the final k-th: the result equals a full stable sort. The row maximum of D^2 is max(max_j D,
+-min_j D)^2: max_j D from one reduction per block and direction, min_j D is the list's first distance.
 
 Exact ties. ``torch.topk`` does not say which of several equal values it returns. ``smallest_k`` asks
 it for k + 1 values: when the (k + 1)-th is larger than the k-th, no value outside the first k equals
@@ -22,7 +29,8 @@ the k-th, and the k are the right set; otherwise (a tie across the boundary, rar
 features) the row is redone exactly: all values below the k-th, then the lowest-indexed values equal
 to it. The k are then ordered by (value, index) with a sort by index and a stable sort by value.
 
-Memory: the blocks, O(block_size^2) per branch and view, and the running lists, O(N k) per view.
+Memory: the block buffers, O(block_size^2) per branch and fused view plus a mask, and the running lists,
+O(N k) per view.
 """
 
 from __future__ import annotations
@@ -47,17 +55,16 @@ class Neighbours:
 
     def check(self, items: ItemFeatures, branches: Sequence[str]) -> None:
         """Raise a ValueError naming the features unless every row maximum is finite and every index is an
-        item. Finite features can still have distances that overflow (a norm or a product past the dtype's
-        range gives inf, and inf * 0 gives NaN); a NaN never ranks ahead of the padding index N, which
-        would then be used as an item (out of range on the CPU, a device-side assert on CUDA)."""
+        item: a NaN distance never ranks ahead of the padding index N, which would then be used as an item
+        (out of range on the CPU, a device-side assert on CUDA). ``ItemFeatures`` refuses features whose
+        norms overflow; this guards the result of any search backend."""
         n = items.num_items
         finite = torch.isfinite(self.sq_max)
         if not bool(finite.all()):
             item = int((~finite).nonzero()[0, 0])
             raise ValueError(
-                f"the cosine distances of {items.feature_names(branches)} are not finite (item {item} of the "
-                f"{items.num_query} queries then the gallery): the features are finite but their norms or dot "
-                f"products overflow {items.dtype}; scale the features down (e.g. normalise them)"
+                f"the nearest-neighbour search over {items.feature_names(branches)} gave distances that are not "
+                f"finite (item {item} of the {items.num_query} queries then the gallery)"
             )
         bad_index = (self.index < 0) | (self.index >= n)
         if self.index.numel() and bool(bad_index.any()):
@@ -127,7 +134,7 @@ def nearest_neighbours(
 
     ``on_block(view, rows, cols, block)``, if given, sees every computed block: the view's distances of
     items rows[0]:rows[1] (as rows) to cols[0]:cols[1], for rows[0] <= cols[0] (the upper block triangle,
-    which holds every query-to-gallery distance).
+    which holds every query-to-gallery distance). The block is a work buffer, valid only during the call.
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -138,48 +145,122 @@ def nearest_neighbours(
     views = {name: items.check_branches(branches, f"views[{name!r}]") for name, branches in views.items()}
     needed = list(dict.fromkeys(b for branches in views.values() for b in branches))
     device, dtype = items.device, items.dtype
-    state = {
-        name: [
+    lists = {
+        name: (
             torch.full((n, k), float("inf"), dtype=dtype, device=device),
             torch.full((n, k), n, dtype=torch.int64, device=device),
-            torch.zeros(n, dtype=dtype, device=device),
-        ]
+        )
         for name in views
     }
+    row_max = {name: torch.full((n,), -float("inf"), dtype=dtype, device=device) for name in views}
     # Ranges never span the query / gallery boundary, so that a range's features are a view, not a copy.
     q = items.num_query
     starts = sorted(set(range(0, q, block_size)) | set(range(q, n, block_size)))
     ranges = [(start, stop) for start, stop in zip(starts, starts[1:] + [n], strict=True)]
+    blocks = _BlockBuffers(items, views, needed, max(stop - start for start, stop in ranges))
+
+    def view_blocks(rows, cols, unit_rows, unit_cols):
+        for name, block in blocks.compute(rows, cols, unit_rows, unit_cols):
+            if on_block is not None:
+                on_block(name, rows, cols, block)
+            yield name, block
+
+    # 1. The diagonal blocks: each item's k nearest within its own range start its list, so that every
+    #    list has a finite k-th distance (a bound on the final one) before the other blocks.
+    for rows in ranges:
+        unit = {b: items.unit_rows(b, *rows) for b in needed}
+        for name, block in view_blocks(rows, rows, unit, unit):
+            values, index = lists[name]
+            top, where = smallest_k(block, k)
+            values[rows[0] : rows[1], : top.shape[1]], index[rows[0] : rows[1], : top.shape[1]] = top, where + rows[0]
+            _update_max(row_max[name][rows[0] : rows[1]], block.amax(dim=1))
+    # 2. The blocks above the diagonal serve rows I (their candidates in J) and, transposed, rows J. Only a
+    #    distance at most the row's current k-th can enter its list: one comparison selects those.
     for position, rows in enumerate(ranges):
-        for cols in ranges[position:]:
-            blocks = {b: items.branch_block(b, rows, cols) for b in needed}
-            for name, branches in views.items():
-                block = blocks[branches[0]]
-                for b in branches[1:]:
-                    block = block + blocks[b]
-                if on_block is not None:
-                    on_block(name, rows, cols, block)
-                _fold_block(state[name], block, rows, cols[0], k)
-                if cols != rows:
-                    # the same distances serve the column items; topk runs faster on a contiguous copy
-                    _fold_block(state[name], block.T.contiguous(), cols, rows[0], k)
-                del block
-            del blocks
-    found = {name: Neighbours(index=s[1], distance=s[0], sq_max=s[2]) for name, s in state.items()}
-    for name, result in found.items():
-        result.check(items, views[name])
+        unit_rows = {b: items.unit_rows(b, *rows) for b in needed}
+        for cols in ranges[position + 1 :]:
+            unit_cols = {b: items.unit_rows(b, *cols) for b in needed}
+            for name, block in view_blocks(rows, cols, unit_rows, unit_cols):
+                values, index = lists[name]
+                _update_max(row_max[name][rows[0] : rows[1]], block.amax(dim=1))
+                _update_max(row_max[name][cols[0] : cols[1]], block.amax(dim=0))
+                mask = blocks.mask(block.shape)
+                torch.le(block, values[rows[0] : rows[1], k - 1 :], out=mask)
+                r, c = mask.nonzero(as_tuple=True)  # row-major: each row's candidates by ascending column
+                _merge_candidates(values, index, r + rows[0], c + cols[0], block[r, c], k)
+                torch.le(block, values[cols[0] : cols[1], k - 1][None, :], out=mask)
+                r, c = mask.nonzero(as_tuple=True)
+                order = torch.argsort(c, stable=True)  # by column item, then ascending row
+                r, c = r[order], c[order]
+                _merge_candidates(values, index, c + cols[0], r + rows[0], block[r, c], k)
+            del unit_cols
+        del unit_rows
+    found = {}
+    for name, (values, index) in lists.items():
+        # max_j D^2 = max(max_j D, -min_j D)^2 (squaring is monotone in |D|), and the row minimum is the
+        # list's first distance.
+        peak = torch.maximum(row_max[name], values[:, 0].neg())
+        found[name] = Neighbours(index=index, distance=values, sq_max=peak.mul_(peak))
+        found[name].check(items, views[name])
     return found
 
 
-def _fold_block(state, block: torch.Tensor, rows: tuple[int, int], col_offset: int, k: int) -> None:
-    """Fold a block of distances of items rows[0]:rows[1] to the items from ``col_offset`` on into the
-    rows' running neighbour lists and squared maxima."""
-    values, index, sq_max = state
-    # max_j D^2 = max(max_j D, -min_j D)^2: squaring is monotone in |D|, so this is the exact maximum.
-    # (amin and amax rather than aminmax, which starts threads even for a tiny block.)
-    peak = torch.maximum(block.amax(dim=1), block.amin(dim=1).neg_())
-    view = sq_max[rows[0] : rows[1]]
-    torch.maximum(view, peak * peak, out=view)
-    top, where = smallest_k(block, k)
-    top, where = merge_smallest(values[rows[0] : rows[1]], index[rows[0] : rows[1]], top, where + col_offset, k)
-    values[rows[0] : rows[1]], index[rows[0] : rows[1]] = top, where
+def _update_max(running: torch.Tensor, new: torch.Tensor) -> None:
+    torch.maximum(running, new, out=running)
+
+
+class _BlockBuffers:
+    """The distance blocks of one pair of ranges for every branch and view, in buffers reused from block to
+    block (a fresh block of this size would be allocated and page-faulted each time)."""
+
+    def __init__(self, items: ItemFeatures, views, needed, side: int):
+        self.items, self.views, self.needed = items, views, needed
+        make = lambda: torch.empty(side * side, dtype=items.dtype, device=items.device)  # noqa: E731
+        self.branch = {b: make() for b in needed}
+        self.view = {name: make() for name, branches in views.items() if len(branches) > 1}
+        self.flags = torch.empty(side * side, dtype=torch.bool, device=items.device)
+        self.one = torch.ones((), dtype=items.dtype, device=items.device)
+
+    def compute(self, rows, cols, unit_rows, unit_cols):
+        """(view, block) for every view: block[i, j] = the view's distance of items rows[0] + i, cols[0] + j."""
+        shape = (rows[1] - rows[0], cols[1] - cols[0])
+        size = shape[0] * shape[1]
+        branch = {}
+        for b in self.needed:
+            # 1 - <x_i / |x_i|, x_j / |x_j|> in the GEMM itself (beta = 1 on a broadcast 1, alpha = -1)
+            out = self.branch[b][:size].view(shape)
+            branch[b] = torch.addmm(self.one, unit_rows[b], unit_cols[b].T, alpha=-1, out=out)
+        for name, branches in self.views.items():
+            if len(branches) == 1:
+                yield name, branch[branches[0]]
+                continue
+            block = torch.add(branch[branches[0]], branch[branches[1]], out=self.view[name][:size].view(shape))
+            for b in branches[2:]:
+                block.add_(branch[b])
+            yield name, block
+
+    def mask(self, shape) -> torch.Tensor:
+        return self.flags[: shape[0] * shape[1]].view(shape)
+
+
+def _merge_candidates(values, index, item, cand, dist, k: int) -> None:
+    """Fold candidate neighbours (item[p] -> cand[p] at distance dist[p]; grouped by item, each item's
+    candidates in ascending order) into the running lists."""
+    if item.numel() == 0:
+        return
+    n = values.shape[0]
+    rows, counts = torch.unique_consecutive(item, return_counts=True)
+    width = int(counts.max())
+    group = torch.repeat_interleave(torch.arange(rows.shape[0], device=item.device), counts)
+    first = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(item.shape[0], device=item.device) - first[group]
+    pad_values = torch.full((rows.shape[0], width), float("inf"), dtype=values.dtype, device=values.device)
+    pad_index = torch.full((rows.shape[0], width), n, dtype=torch.int64, device=values.device)
+    pad_values[group, pos] = dist
+    pad_index[group, pos] = cand
+    if width > k:
+        # the padding (inf, N) is never among a row's k smallest real candidates: ties keep the column order
+        pad_values, where = smallest_k(pad_values, k)
+        pad_index = pad_index.gather(1, where)
+    top, where = merge_smallest(values[rows], index[rows], pad_values, pad_index, k)
+    values[rows], index[rows] = top, where

@@ -258,10 +258,15 @@ class KReciprocalEncoding:
         m = torch.zeros(stop - start, g, dtype=self.v_qe.val.dtype, device=dev)
         owner, pos = self.v_qe.entries_of(torch.arange(start, stop, device=dev))
         cols, vals = self.v_qe.col[pos], self.v_qe.val[pos]
-        lo, hi = self.column_ptr[cols], self.column_ptr[cols + 1]
-        ends = torch.cumsum(hi - lo, 0)
-        # pairs per step: their index arrays take about 60 bytes a pair, so 1/8 of the chunk's (chunk, g)
-        # keeps them near the size of m itself
+        lo = self.column_ptr[cols]
+        counts = self.column_ptr[cols + 1] - lo
+        ends = torch.cumsum(counts, 0)
+        # The pairs' index arrays are the work here: 32-bit where m's positions fit (half the memory traffic).
+        itype = torch.int32 if m.numel() < 2**31 and self.column_rows.numel() < 2**31 else torch.int64
+        base = (owner * g).to(itype)  # where each entry's query row starts in m
+        column_rows = self.column_rows.to(itype)
+        # pairs per step: about 30 bytes of index and value arrays a pair, so 1/8 of the chunk's (chunk, g)
+        # keeps them below the size of m itself
         budget = max((stop - start) * g // 8, g)
         flat = m.view(-1)
         first = 0
@@ -269,26 +274,40 @@ class KReciprocalEncoding:
             done = int(ends[first - 1]) if first else 0
             last = int(torch.searchsorted(ends, torch.tensor(done + budget, device=dev), right=True))
             last = max(last, first + 1)  # one entry expands to at most g pairs
-            which, where = expand_ranges(lo[first:last], hi[first:last])
-            which += first
-            target = owner[which] * g + self.column_rows[where]
-            flat.index_add_(0, target, torch.minimum(vals[which], self.column_vals[where]))
+            total = int(ends[last - 1]) - done
+            cnt = counts[first:last]
+            # entry e's pairs are the column positions lo[e] ..; pair p of the step sits at p + shift[e]
+            shift = (lo[first:last] - (ends[first:last] - cnt - done)).to(itype)
+            where = torch.arange(total, dtype=itype, device=dev).add_(
+                torch.repeat_interleave(shift, cnt, output_size=total)
+            )
+            target = torch.repeat_interleave(base[first:last], cnt, output_size=total).add_(column_rows[where])
+            value = torch.repeat_interleave(vals[first:last], cnt, output_size=total)
+            torch.minimum(value, self.column_vals[where], out=value)
+            flat.index_add_(0, target, value)
             first = last
         return m
 
-    def distances(self, start: int, stop: int, dist: torch.Tensor) -> torch.Tensor:
+    def distances(self, start: int, stop: int, dist: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Re-ranked (stop - start, g) distances of queries [start, stop), given the view's distances
-        ``dist`` of those queries to the gallery (not modified)."""
-        if dist.shape != (stop - start, self.num_gallery):
-            raise ValueError(f"dist must have shape ({stop - start}, {self.num_gallery}), got {tuple(dist.shape)}")
+        ``dist`` of those queries to the gallery (not modified unless it is ``out``), written to ``out``
+        if given (a tensor of that shape and the encoding's dtype), else to a new tensor."""
+        shape = (stop - start, self.num_gallery)
+        if dist.shape != shape:
+            raise ValueError(f"dist must have shape {shape}, got {tuple(dist.shape)}")
         lam = float(self.config.lambda_value)
         m = self.jaccard_overlap(start, stop)
-        # J = 1 - m / (2 - m), in place in m
-        m.div_(2.0 - m).neg_().add_(1.0)
-        m.mul_(1.0 - lam)
         dist = dist.to(m.dtype)
-        hat = (dist * dist).div_(self.denominator[start:stop, None])
-        return m.add_(hat.mul_(lam))
+        if out is None:
+            out = torch.empty_like(m)
+        elif out.shape != shape or out.dtype != m.dtype:
+            raise ValueError(f"out must be a {m.dtype} tensor of shape {shape}, got {out.dtype} {tuple(out.shape)}")
+        # (1 - m / (2 - m)) (1 - lambda) + (D^2 / max) lambda, rounded step by step as the reference rounds it
+        # (equal values stay equal), in place: one buffer beside m and the result
+        m.div_(torch.sub(torch.tensor(2.0, dtype=m.dtype, device=m.device), m))
+        torch.sub(torch.tensor(1.0, dtype=m.dtype, device=m.device), m, out=m).mul_(1.0 - lam)
+        torch.mul(dist, dist, out=out).div_(self.denominator[start:stop, None]).mul_(lam)
+        return out.add_(m)
 
 
 def _as_items(query, gallery, device) -> ItemFeatures:
@@ -334,5 +353,5 @@ def k_reciprocal_rerank(
     del items, neighbours  # the chunks read only the encoding and ``out``
     for start in range(0, q, chunk_size):
         stop = min(start + chunk_size, q)
-        out[start:stop] = encoding.distances(start, stop, out[start:stop])
+        encoding.distances(start, stop, out[start:stop], out=out[start:stop])
     return out
