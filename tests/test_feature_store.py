@@ -140,3 +140,37 @@ def test_writer_checks_its_inputs(tmp_path):
     with pytest.raises(FeatureStoreError, match="1 of 1 shards are missing"):
         writer.finish()
     assert not (tmp_path / "a" / "features.json").exists()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_evaluation_reads_feature_folders(tmp_path, dtype):
+    import torch
+
+    from scstn_vcn.metrics import RerankConfig, evaluate_features
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((12, 7))
+    labels = {"query": rng.integers(0, 12, 15), "gallery": rng.integers(0, 12, 70)}
+    sets = {}
+    for split, pids in labels.items():
+        feats = {"global": centres[pids] + 0.5 * rng.standard_normal((len(pids), 7))}
+        paths = [f"{split}/{i}.jpg" for i in range(len(pids))]
+        cams = rng.integers(0, 3, len(pids))
+        sets[split] = extract_to_folder(
+            _extract_from(feats, paths, []), paths, tmp_path / split, {"global": 7}, dtype=dtype, pids=pids, camids=cams
+        )
+    q, g = sets["query"], sets["gallery"]
+    kwargs = {"fusion": None, "rerank": RerankConfig(k1=5, k2=2), "chunk_size": 4, "fprs": None}
+    from_disk = evaluate_features(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids, **kwargs)
+    in_memory = evaluate_features(
+        {"global": torch.from_numpy(np.array(q.feats["global"], dtype=np.float32))},
+        {"global": torch.from_numpy(np.array(g.feats["global"], dtype=np.float32))},
+        q.pids,
+        g.pids,
+        q.camids,
+        g.camids,
+        **kwargs,
+    )
+    for row in ("global", "global+rk"):
+        for metric in ("rank1", "mAP", "mINP"):
+            assert from_disk[row][metric] == pytest.approx(in_memory[row][metric], abs=1e-9)
