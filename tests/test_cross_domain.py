@@ -63,7 +63,7 @@ def test_three_layouts_give_identical_features_and_tables(checkpoint, layouts, t
     assert code == 0, err
     targets = json.loads(output.read_text())["targets"]
     assert [t["dataset"] for t in targets] == ["synthetic", "manifest", "folders"]
-    assert [t["trained_on"] for t in targets[1:]] == [False, False]  # never seen (a manifest, a folder tree)
+    assert [t["trained_on"] for t in targets] == [False, False, False]
     assert targets[0]["results"] == targets[1]["results"] == targets[2]["results"]
     assert all(t["queries"] == {"valid": 12, "total": 12} for t in targets)
     for number, name in enumerate(("synthetic", "manifest", "folders"), 1):
@@ -85,6 +85,20 @@ def test_three_layouts_give_identical_features_and_tables(checkpoint, layouts, t
         for ours, theirs in zip((query, gallery), feats[0]):
             assert all(torch.equal(ours["feats"][k], theirs["feats"][k]) for k in ("global", "spatial"))
             assert np.array_equal(ours["pids"], theirs["pids"]) and np.array_equal(ours["camids"], theirs["camids"])
+
+
+def test_the_training_set_is_recognised_in_another_layout(checkpoint, tmp_path):
+    # The model records its training split's fingerprint (no path): the same images as a folder per
+    # identity, elsewhere, are known as its training set; the set of another seed is not.
+    same = make_synthetic(tmp_path / "s2-folders", seed=2, layout="folders", **SMALL)
+    other = make_synthetic(tmp_path / "s3", seed=3, **SMALL)
+    argv = ["eval", "--checkpoint", checkpoint, "--dataset", "folders,synthetic", "--data-root", f"{same},{other}"]
+    code, printed, err = quiet(argv + ["--output", str(tmp_path / "r.json")] + TINY)
+    assert code == 0, err
+    targets = json.loads((tmp_path / "r.json").read_text())["targets"]
+    assert [t["trained_on"] for t in targets] == [True, False]
+    assert f"folders at {same} (one of the training sets)" in printed
+    assert f"synthetic at {other} (not one of the training sets)" in printed
 
 
 @pytest.fixture

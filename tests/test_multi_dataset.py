@@ -132,10 +132,12 @@ def test_the_classifier_covers_the_union_and_the_file_records_the_sets(run, sets
     assert "on synthetic (6 ids) + synthetic (6 ids): 12 identities, 48 images" in printed
     state = torch.load(folder / "checkpoint.pth", weights_only=True)
     assert state["identity"]["num_classes"] == 12
+    fingerprints = [build_dataset("synthetic", root).train_fingerprint() for root in sets[:2]]
     assert state["identity"]["trained_on"] == [
-        {"dataset": "synthetic", "identities": 6, "images": 24},
-        {"dataset": "synthetic", "identities": 6, "images": 24},
+        {"dataset": "synthetic", "identities": 6, "images": 24, "train_sha256": fingerprints[0]},
+        {"dataset": "synthetic", "identities": 6, "images": 24, "train_sha256": fingerprints[1]},
     ]
+    assert len(set(fingerprints)) == 2 and all(len(f) == 16 for f in fingerprints)
     classifiers = [v for k, v in state["model"].items() if "classifier" in k and k.endswith("weight")]
     assert classifiers and all(w.shape[0] == 12 for w in classifiers)
 
@@ -154,7 +156,7 @@ def test_each_set_and_the_unseen_one_get_a_table(run, sets):
         assert set(target["results"]) == {"global", "spatial", "fusion"}
         assert all(0 <= v <= 100 for row in target["results"].values() for v in row.values())
         assert f"target {number}/3: synthetic at {target['data_root']}" in printed
-    assert "(not seen in training)" in printed and printed.count("(trained on its training split)") == 2
+    assert "(not one of the training sets)" in printed and printed.count("(one of the training sets)") == 2
     # The first target's table is also "results", as for a run on one data set.
     assert results["results"] == targets[0]["results"] and results["queries"] == targets[0]["queries"]
     # Different data give different tables (the three are not one evaluation copied).

@@ -5,7 +5,9 @@ data set and write results.json."""
 import os
 
 from scstn_vcn.commands._common import add_config_args, add_runtime_args, load_model_for_inference
+from scstn_vcn.commands.eval_features import add_feature_args, evaluate_feature_folders
 from scstn_vcn.commands.eval_report import add_report_args, report_overrides
+from scstn_vcn.engine.errors import UsageError
 
 NAME = "eval"
 HELP = "evaluate a checkpoint on a data set's query/gallery split"
@@ -13,7 +15,9 @@ HELP = "evaluate a checkpoint on a data set's query/gallery split"
 
 def add_arguments(parser):
     parser.add_argument(
-        "--checkpoint", required=True, metavar="PATH", help="a training checkpoint or a .safetensors model file"
+        "--checkpoint",
+        metavar="PATH",
+        help="a training checkpoint or a .safetensors model file (or --query-features / --gallery-features)",
     )
     add_config_args(parser)
     add_runtime_args(parser)
@@ -21,6 +25,7 @@ def add_arguments(parser):
     parser.add_argument("--output", metavar="JSON", help="results file (default: results.json beside the checkpoint)")
     add_rerank_args(parser)
     add_report_args(parser)
+    add_feature_args(parser)
 
 
 # (flag's attribute, eval.* key) of the re-ranking and query-expansion options
@@ -109,6 +114,10 @@ def run(args):
 
     # The flags win over --set, as the other dedicated flags do (they come after it).
     args.overrides = list(getattr(args, "overrides", None) or []) + rerank_overrides(args) + report_overrides(args)
+    if args.query_features or args.gallery_features:
+        return evaluate_feature_folders(args)
+    if not args.checkpoint:
+        raise UsageError("give --checkpoint PATH (or --query-features DIR and --gallery-features DIR)")
     if args.report:
         from scstn_vcn.commands.eval_report import check_report_folders
 
@@ -117,7 +126,11 @@ def run(args):
     if _data_given(args):
         # The data sets named here, and only they (not the eval.targets the model was trained with).
         config["eval"]["targets"] = []
-    targets = build_eval_targets(config, trained_on=data_sets(source.config))
+    # What the model was trained on: its identity's record, or for older files the data set names alone.
+    records = source.identity.get("trained_on")
+    if not isinstance(records, list):
+        records = [{"dataset": name} for name, _ in data_sets(source.config)]
+    targets = build_eval_targets(config, trained_on=records)
     amp = config["train"]["amp"] if device.type == "cuda" else "off"
     settings = eval_settings(config)
     for label, values in (("query expansion", settings["query_expansion"]), ("re-ranking", settings["rerank"])):

@@ -8,6 +8,8 @@ Camera ids are 0-based everywhere.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -94,6 +96,17 @@ class ReIDDataset:
                 raise ValueError(
                     f"{self.name}: {self.split_source(split)} is empty (no usable images found); {purpose} needs it"
                 )
+
+    def train_fingerprint(self) -> str | None:
+        """16 hex digits of the sha256 of the training split's (file name, identity) pairs, sorted: the same
+        training images in any layout or folder give the same value. A model records it (never a path) so
+        that evaluation can tell whether it was trained on a data set. None without a training split."""
+        if not self.train:
+            return None
+        digest = hashlib.sha256()
+        for name, pid in sorted((os.path.basename(it.path), it.pid) for it in self.train):
+            digest.update(f"{name}\t{pid}\n".encode())
+        return digest.hexdigest()[:16]
 
     def queries_without_gallery(self) -> list[Item]:
         """The query images whose identity has no image in the gallery: they can never be matched, and

@@ -67,8 +67,8 @@ def build_loss_from_config(config, num_classes):
 
 class EvalTarget(NamedTuple):
     """A data set evaluated after training or by `eval`: its name and root, the data set read from them,
-    and whether the model was trained on it (its training split; the query and gallery never are): True,
-    False, or None when a data set of that name was, at a root the model file does not record."""
+    and whether the model was trained on its training split (the same images, in any layout; the query
+    and gallery never are): True, False, or None when the model's record cannot tell (see _trained_on)."""
 
     name: str
     root: str
@@ -156,25 +156,42 @@ def _same_data(name, root):
     return (name.lower().replace("-", "").replace("_", ""), os.path.realpath(root) if root else None)
 
 
-def _trained_on(name, root, trained):
-    """True / False / None (same name, the training root unknown) for a target against the training sets."""
-    key = _same_data(name, root)
-    if key in trained:
+def training_record(name, dataset):
+    """What a model records about a data set it was trained on: its name, size and training split's
+    fingerprint (ReIDDataset.train_fingerprint), no path."""
+    return {
+        "dataset": name,
+        "identities": dataset.num_train_pids,
+        "images": dataset.num_train_imgs,
+        "train_sha256": dataset.train_fingerprint(),
+    }
+
+
+def _trained_on(name, dataset, records):
+    """True when the target's training split is one the model was trained on (same fingerprint), None when a
+    record without a fingerprint has its name (a model file written before they were recorded), else False."""
+    fingerprint = dataset.train_fingerprint()
+    if fingerprint and any(r.get("train_sha256") == fingerprint for r in records):
         return True
-    return None if (key[0], None) in trained else False
+    key = _same_data(name, None)[0]
+    unknown = [r for r in records if not r.get("train_sha256") and _same_data(str(r.get("dataset")), None)[0] == key]
+    return None if unknown else False
 
 
 def build_eval_targets(config, datasets=None, say=print, trained_on=None):
     """[EvalTarget]: each data set of data.name / data.root (`datasets`, [(name, root, data set)], when
-    already read), then the eval.targets not among them. `trained_on`, [(name, root)], are the sets the
-    model was trained on; by default data.name / data.root themselves (after training), where a training
-    set without a query/gallery split is skipped with a note. A target without them is an error. The list
-    may be empty (training on sets without query/gallery and no eval.targets)."""
-    from scstn_vcn.configs import data_sets, eval_targets
+    already read), then the eval.targets not among them. `trained_on` are the training_record()s of the
+    sets the model was trained on (its identity's "trained_on"); by default (after training) those of
+    data.name / data.root themselves, where a training set without a query/gallery split is skipped with
+    a note. A target without them is an error. The list may be empty (training on sets without
+    query/gallery and no eval.targets)."""
+    from scstn_vcn.configs import eval_targets
 
     after_training = trained_on is None
     datasets = build_datasets_from_config(config, say) if datasets is None else datasets
-    trained = {_same_data(n, r) for n, r in (data_sets(config) if after_training else trained_on)}
+    if after_training:
+        trained_on = [training_record(name, dataset) for name, _, dataset in datasets]
+    records = [r for r in trained_on if isinstance(r, dict)]  # a file's record is data, checked as such
     listed = set()
     targets = []
     for name, root, dataset in datasets:
@@ -183,12 +200,12 @@ def build_eval_targets(config, datasets=None, say=print, trained_on=None):
             say(f"note: {name} at {root} has no query/gallery split; it is trained on, not evaluated")
             continue
         dataset.require(["query", "gallery"], f"evaluating on {name} at {root}")
-        targets.append(EvalTarget(name, str(root), dataset, _trained_on(name, root, trained)))
+        targets.append(EvalTarget(name, str(root), dataset, _trained_on(name, dataset, records)))
     for name, root in eval_targets(config):
         if _same_data(name, root) in listed:
             continue
         listed.add(_same_data(name, root))
         dataset = read_dataset(config, name, root, say)
         dataset.require(["query", "gallery"], f"evaluating on it (eval.targets: {name}:{root})")
-        targets.append(EvalTarget(name, root, dataset, _trained_on(name, root, trained)))
+        targets.append(EvalTarget(name, root, dataset, _trained_on(name, dataset, records)))
     return targets

@@ -153,8 +153,9 @@ def evaluate_targets(model, targets, config, device, amp="off", say=print):
     for number, target in enumerate(targets, 1):
         start = time.perf_counter()
         results, query, gallery = evaluate_model(model, target.dataset, config, device, amp)
-        seen = {True: "trained on its training split", False: "not seen in training"}.get(
-            target.trained_on, f"a {target.name} data set was trained on, the model file does not say where"
+        # By the training split's fingerprint: the same training images in another layout are the same set.
+        seen = {True: "one of the training sets", False: "not one of the training sets"}.get(
+            target.trained_on, f"a {target.name} set is among the training sets, the model does not record which"
         )
         say(
             f"target {number}/{len(targets)}: {target.label} ({seen}): {len(query['pids']):,} queries, "

@@ -14,6 +14,7 @@ from scstn_vcn.engine.builders import (
     build_eval_targets,
     build_loss_from_config,
     build_model_from_config,
+    training_record,
 )
 from scstn_vcn.engine.features import _split_batch, autocast_context
 from scstn_vcn.engine.logging import EpochLogger
@@ -145,9 +146,7 @@ class Trainer:
         self.num_classes = int(self.dataset.num_train_pids)
         self.identity = model_identity(config, self.num_classes)
         # What the model was trained on, saved beside its identity (informative: not compared on loading).
-        self.trained_on = [
-            {"dataset": name, "identities": d.num_train_pids, "images": d.num_train_imgs} for name, _, d in datasets
-        ]
+        self.trained_on = [training_record(name, d) for name, _, d in datasets]
         self.start_epoch = 0
         state = None
         if resume:
