@@ -161,3 +161,16 @@ def test_each_set_and_the_unseen_one_get_a_table(run, sets):
     assert results["results"] == targets[0]["results"] and results["queries"] == targets[0]["queries"]
     # Different data give different tables (the three are not one evaluation copied).
     assert targets[0]["results"] != targets[2]["results"]
+
+
+def test_the_model_file_keeps_the_record_of_the_training_sets(run, tmp_path):
+    from scstn_vcn.engine.model_file import open_model_source
+
+    folder, _ = run
+    target = tmp_path / "two.safetensors"
+    code = main(
+        ["export", "--checkpoint", str(folder / "checkpoint.pth"), "--format", "safetensors", "--output", str(target)]
+    )
+    assert code == 0
+    record = torch.load(folder / "checkpoint.pth", weights_only=True)["identity"]["trained_on"]
+    assert open_model_source(target).identity["trained_on"] == record
