@@ -21,10 +21,11 @@ def _clustered(n, seed, centres):
     }
 
 
-def _folder(path, feats, first=0):
+def _folder(path, feats, first=0, pids=None, camids=None):
     n = next(iter(feats.values())).shape[0]
     paths = [f"images/{first + i:06d}_c{i % 4 + 1}.jpg" for i in range(n)]
-    writer = FeatureStoreWriter(path, paths, {b: f.shape[1] for b, f in feats.items()}, pids=np.arange(n) + first)
+    pids = np.arange(n) + first if pids is None else pids
+    writer = FeatureStoreWriter(path, paths, {b: f.shape[1] for b, f in feats.items()}, pids=pids, camids=camids)
     writer.prepare()
     for shard in range(writer.num_shards):
         start, stop = writer.shard_rows(shard)
@@ -147,3 +148,45 @@ def test_default_factories():
     assert index_factory_for(50_000) == "Flat"
     assert index_factory_for(2_362_447) == "IVF8192,SQ8"
     assert index_factory_for(10, "ivf", nlist=2, codes="PQ4") == "IVF2,PQ4"
+
+
+def test_eval_reads_feature_folders(tmp_path, capsys):
+    from scstn_vcn.metrics import RerankConfig, evaluate_features
+    from scstn_vcn.metrics.feature_store import open_features
+
+    rng = np.random.default_rng(7)
+    centres = {"global": rng.standard_normal((20, 12)), "spatial": rng.standard_normal((20, 6))}
+    for split, n in (("q", 30), ("g", 400)):
+        pids = rng.integers(0, 20, n)
+        feats = {
+            b: (c[pids] + 0.6 * rng.standard_normal((n, len(c[0])))).astype(np.float32) for b, c in centres.items()
+        }
+        _folder(tmp_path / split, feats, pids=pids, camids=rng.integers(0, 4, n))
+    out = tmp_path / "results.json"
+    base = ["eval", "--query-features", str(tmp_path / "q"), "--gallery-features", str(tmp_path / "g")]
+    argv = base + [
+        "--output",
+        str(out),
+        "--rerank-neighbours",
+        "faiss-flat",
+        "--rerank-k1",
+        "6",
+        "--set",
+        "eval.fprs=[]",
+    ]
+    assert main(argv) == 0
+    saved = json.loads(out.read_text())
+    q, g = open_features(tmp_path / "q"), open_features(tmp_path / "g")
+    reference = evaluate_features(
+        q.feats, g.feats, q.pids, g.pids, q.camids, g.camids, rerank=RerankConfig(k1=6), fprs=None
+    )
+    for row in ("global", "fusion", "fusion+rk"):
+        assert saved["results"][row]["mAP"] == pytest.approx(round(100 * reference[row]["mAP"], 2), abs=0.011)
+    assert saved["neighbours"]["fusion+rk"]["backend"] == "faiss-flat"
+    assert saved["neighbours"]["fusion+rk"]["recall_at_7"] == 1.0
+    assert "chunks of" in capsys.readouterr().out
+    assert main(base) == 2 and "--output JSON is required" in capsys.readouterr().err
+    assert main(base[:3] + ["--output", str(out)]) == 2 and "give both" in capsys.readouterr().err
+    assert main(base + ["--output", str(out), "--checkpoint", "x"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert main(["eval"]) == 2 and "give --checkpoint PATH" in capsys.readouterr().err
