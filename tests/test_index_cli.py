@@ -102,8 +102,10 @@ def test_ivf_index_recall_against_dense_search(folders, tmp_path):
     dense = {tuple(pair): d for row in range(60) for pair, d in zip(zip([row] * 10, order[row]), reference[row])}
     matched = [(d, dense[(row, i)]) for row in range(60) for i, d in zip(ids[row], dist[row]) if (row, i) in dense]
     np.testing.assert_allclose(*zip(*matched), rtol=0, atol=1e-9)
-    # nprobe = nlist searches every list: exact
+    # nprobe = nlist searches every list: exact; the same from the memory-mapped index file
     ids, _ = _search(base, index, "--nprobe", "16")
+    np.testing.assert_array_equal(ids, order)
+    ids, _ = _search(base, index, "--nprobe", "16", "--mmap-index")
     np.testing.assert_array_equal(ids, order)
 
 

@@ -17,6 +17,9 @@ def add_index_args(parser):
     )
     group.add_argument("--results", metavar="JSON", help="with --query-features: write every query's top k here")
     group.add_argument("--threads", type=int, metavar="N", help="faiss threads (default: all cores)")
+    group.add_argument(
+        "--mmap-index", action="store_true", help="map the index file instead of reading it (IVF lists stay on disk)"
+    )
 
 
 def _check_model(index, checkpoint):
@@ -57,7 +60,7 @@ def search_index(args):
     faiss = import_faiss()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
-    index = GalleryIndex.load(args.index)
+    index = GalleryIndex.load(args.index, mmap=args.mmap_index)
     if args.nprobe:
         index.set_nprobe(args.nprobe)
     if args.query_features:
