@@ -183,6 +183,19 @@ def test_recording_does_not_change_the_metrics(evaluation):
         PerQueryRecorder(3).compute()
 
 
+def test_the_recorder_keeps_only_k_columns():
+    """What it keeps of a chunk is its own (B, k) memory, not views of the chunk's (B, G) order and codes."""
+    b, g, k = 6, 5000, 4
+    dist = torch.rand(b, g)
+    order = torch.sort(dist, dim=1, stable=True).indices
+    code = torch.randint(0, 3, (b, g), dtype=torch.uint8).gather(1, order)
+    recorder = PerQueryRecorder(k)
+    recorder.add_sorted(dist, order, code)
+    kept = recorder._sorted[0]
+    assert all(t.untyped_storage().nbytes() <= b * k * 8 for t in kept)
+    np.testing.assert_array_equal(kept[0].numpy(), order[:, :k].numpy())
+
+
 def test_camera_matrix_against_a_loop(evaluation):
     results, q_items, g_items, *_ = evaluation
     for row in ("global", "fusion+rk"):

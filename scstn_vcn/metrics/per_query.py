@@ -79,10 +79,12 @@ class PerQueryRecorder:
         # argmax gives the first maximal position: the first match's sorted position (0 when none).
         position = positive.to(torch.uint8).argmax(dim=1, keepdim=True)
         first_index = torch.where(positive.any(dim=1), order.gather(1, position)[:, 0], -1)
+        # Copies, not views: a view of the first k columns would keep the chunk's whole (B, G) order and
+        # codes alive until compute().
         self._sorted.append(
             (
-                top.cpu().to(torch.int64),
-                code[:, :k].cpu(),
+                top.clone().to("cpu", torch.int64),
+                code[:, :k].clone().cpu(),
                 dist_rows.gather(1, top).float().cpu(),
                 first_index.cpu().to(torch.int64),
             )
