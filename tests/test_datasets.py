@@ -173,8 +173,26 @@ def test_empty_split_is_an_error(tmp_path):
 
 
 def test_unknown_dataset_name(tmp_path):
-    with pytest.raises(ValueError, match="market1501"):
+    with pytest.raises(ValueError, match="market1501, dukemtmcreid, msmt17, synthetic, manifest, folders"):
         build_dataset("cuhk03", tmp_path)
+
+
+def test_the_users_layouts_by_name(tmp_path):
+    # The manifest and folder readers are in the registry under names that ignore case, '-' and '_'.
+    market = Market1501(market_tree(tmp_path / "m"))
+    rows = [
+        f"{p},{pid},{cam},{split}" for split in ("train", "query", "gallery") for p, pid, cam in getattr(market, split)
+    ]
+    (tmp_path / "m.csv").write_text("path,pid,camid,split\n" + "\n".join(rows) + "\n")
+    data = build_dataset("Manifest", tmp_path / "m.csv")
+    assert (data.train, data.query, data.gallery) == (market.train, market.query, market.gallery)
+    for split in ("train", "query", "gallery"):
+        for path, pid, _ in getattr(market, split):
+            jpeg(tmp_path / "f" / split / str(pid) / Path(path).name)
+    folders = build_dataset("FOLDERS", tmp_path / "f")
+    assert [(Path(p).name, pid, cam) for p, pid, cam in folders.gallery] == [
+        (Path(p).name, pid, cam) for p, pid, cam in market.gallery
+    ]
 
 
 def test_unreadable_and_missing_images_name_the_path(tmp_path):
