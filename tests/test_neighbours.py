@@ -177,3 +177,18 @@ def test_reranked_evaluation_with_faiss_neighbours_equals_exact_and_reads_memory
     assert exact["fusion+rk"]["neighbours"]["backend"] == "exact"
     with pytest.raises(TypeError, match="neighbours must be a NeighbourSearch or None"):
         evaluate_features(*args, neighbours="faiss-ivf", **kwargs)
+
+
+def test_auto_is_exact_up_to_its_size_and_ivf_above(monkeypatch):
+    import scstn_vcn.metrics.neighbours as nb
+
+    items = _clustered(10, 300, seed=7)
+    found, report = find_neighbours(items, {"global": ("global",)}, 5)
+    assert report["backend"] == "exact" and report["requested"] == "auto"
+    monkeypatch.setattr(nb, "AUTO_EXACT_UP_TO", 100)
+    found, report = find_neighbours(items, {"global": ("global",)}, 5, NeighbourSearch(nlist=4, recall_sample=50))
+    assert report["backend"] == "faiss-ivf" and report["requested"] == "auto"
+    assert report["views"]["global"]["recall_at_5"] > 0.9
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    _, report = find_neighbours(items, {"global": ("global",)}, 5)
+    assert report["backend"] == "exact"  # without faiss, auto falls back to the exact pass

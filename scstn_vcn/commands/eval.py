@@ -62,9 +62,9 @@ def add_rerank_args(parser):
     )
     group.add_argument(
         "--rerank-neighbours",
-        choices=("exact", "faiss-flat", "faiss-ivf"),
-        help="how re-ranking finds the k1 + 1 nearest items (eval.rerank_neighbours, default exact; faiss-ivf "
-        "is approximate, for large galleries, and records its measured recall; implies --rerank)",
+        choices=("auto", "exact", "faiss-flat", "faiss-ivf"),
+        help="how re-ranking finds the k1 + 1 nearest items (eval.rerank_neighbours; default auto: exact up to "
+        "150,000 items, faiss-ivf above; faiss-ivf is approximate and records its measured recall; implies --rerank)",
     )
     group.add_argument(
         "--nprobe", type=int, metavar="N", help="faiss-ivf: lists searched (eval.rerank_nprobe, default 32)"

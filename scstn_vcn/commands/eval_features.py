@@ -28,10 +28,15 @@ def add_feature_args(parser):
 
 def evaluate_feature_folders(args):
     from scstn_vcn.configs import load_config
-    from scstn_vcn.engine.evaluator import eval_settings, format_table, write_results
+    from scstn_vcn.engine.evaluator import (
+        eval_settings,
+        format_table,
+        neighbour_search,
+        record_neighbours,
+        write_results,
+    )
     from scstn_vcn.metrics import QueryExpansionConfig, RerankConfig, evaluate_features
     from scstn_vcn.metrics.feature_store import open_features
-    from scstn_vcn.metrics.neighbours import NeighbourSearch
 
     if not (args.query_features and args.gallery_features):
         raise UsageError("give both --query-features DIR and --gallery-features DIR")
@@ -55,8 +60,7 @@ def evaluate_feature_folders(args):
     kwargs = {"chunk_size": chunk, "fusion": tuple(names) if len(names) > 1 else None}
     if settings["rerank"]:
         kwargs["rerank"] = RerankConfig(**settings["rerank"])
-        if settings.get("neighbours"):
-            kwargs["neighbours"] = NeighbourSearch(**settings["neighbours"])
+        kwargs["neighbours"] = neighbour_search(config)
     if settings["query_expansion"]:
         kwargs["query_expansion"] = QueryExpansionConfig(**settings["query_expansion"])
     kwargs["fprs"] = tuple(config["eval"]["fprs"])
@@ -71,6 +75,7 @@ def evaluate_feature_folders(args):
         **kwargs,
     )
     print(format_table(results))
+    record_neighbours(settings, results)
     extra = {
         "query_features": os.path.abspath(args.query_features),
         "gallery_features": os.path.abspath(args.gallery_features),

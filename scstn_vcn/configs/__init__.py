@@ -75,9 +75,10 @@ DEFAULTS = {
         "rerank_k2": 6,
         "rerank_lambda": 0.3,
         # how re-ranking finds the k1 + 1 nearest items (scstn_vcn.metrics.neighbours): exact (the blocked
-        # pass), faiss-flat, or faiss-ivf (approximate, for galleries of hundreds of thousands and more;
-        # rerank_nprobe lists searched, rerank_codes the IVF's vector codes)
-        "rerank_neighbours": "exact",
+        # pass), faiss-flat, faiss-ivf (approximate, for galleries of hundreds of thousands and more;
+        # rerank_nprobe lists searched, rerank_codes the IVF's vector codes), or auto: exact up to 150,000
+        # items (and on CUDA), faiss-ivf above when faiss is installed
+        "rerank_neighbours": "auto",
         "rerank_nprobe": 32,
         "rerank_codes": "SQ8",
         # alpha-query expansion (fast-reid's aqe): adds "+qe" rows, before re-ranking when both are on
@@ -477,10 +478,12 @@ def validate_runtime(config, source="the configuration"):
     lam = section["rerank_lambda"]
     if not _is_number(lam) or not 0 <= lam <= 1:
         raise _runtime_error(source, "eval.rerank_lambda", "a number in [0, 1]", lam)
-    if section["rerank_neighbours"] not in ("exact", "faiss-flat", "faiss-ivf"):
-        raise _runtime_error(
-            source, "eval.rerank_neighbours", "exact, faiss-flat or faiss-ivf", section["rerank_neighbours"]
-        )
+    backend = section["rerank_neighbours"]
+    if backend not in ("auto", "exact", "faiss-flat", "faiss-ivf"):
+        raise _runtime_error(source, "eval.rerank_neighbours", "auto, exact, faiss-flat or faiss-ivf", backend)
+    codes = section["rerank_codes"]
+    if not (isinstance(codes, str) and re.fullmatch(r"Flat|SQ8|SQ4|SQfp16|PQ\d+", codes)):
+        raise _runtime_error(source, "eval.rerank_codes", "faiss IVF codes: Flat, SQ8, SQ4, SQfp16 or PQ<m>", codes)
     alpha = section["qe_alpha"]
     if not _is_number(alpha) or not 0 <= alpha < float("inf"):
         raise _runtime_error(source, "eval.qe_alpha", "a finite number >= 0", alpha)

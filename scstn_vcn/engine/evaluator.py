@@ -92,14 +92,34 @@ def eval_settings(config):
     if section["query_expansion"]:
         qe = {"qe_k": int(section["qe_k"]), "alpha": float(section["qe_alpha"]), "qe_times": int(section["qe_times"])}
     out = {"rerank": rerank, "query_expansion": qe}
-    if rerank and section.get("rerank_neighbours", "exact") != "exact":
-        # re-ranking's neighbour backend (scstn_vcn.metrics.neighbours); the measured recall is added after
-        out["neighbours"] = {
-            "backend": section["rerank_neighbours"],
-            "nprobe": int(section["rerank_nprobe"]),
-            "codes": section["rerank_codes"],
-        }
+    if rerank and section.get("rerank_neighbours", "auto") != "auto":
+        # an explicit choice of re-ranking's neighbour backend (scstn_vcn.metrics.neighbours) is recorded;
+        # record_neighbours adds what was used and measured
+        out["neighbours"] = _neighbour_settings(section)
     return out
+
+
+def _neighbour_settings(section):
+    return {
+        "backend": section.get("rerank_neighbours", "auto"),
+        "nprobe": int(section.get("rerank_nprobe", 32)),
+        "codes": section.get("rerank_codes", "SQ8"),
+    }
+
+
+def neighbour_search(config):
+    """The NeighbourSearch of the config's eval.rerank_neighbours / rerank_nprobe / rerank_codes."""
+    from scstn_vcn.metrics.neighbours import NeighbourSearch
+
+    return NeighbourSearch(**_neighbour_settings(config["eval"]))
+
+
+def record_neighbours(settings, results):
+    """Add to ``settings`` how the "+rk" rows found their neighbours, when it was asked for explicitly or was
+    not the exact pass: the backend used, its parameters, time and measured recall, per row."""
+    used = {row: v["neighbours"] for row, v in results.items() if "neighbours" in v}
+    if "neighbours" in settings or any(r.get("backend") != "exact" for r in used.values()):
+        settings.setdefault("neighbours", {})["measured"] = used
 
 
 def evaluate_model(model, dataset, config, device, amp="off"):
@@ -119,10 +139,7 @@ def evaluate_model(model, dataset, config, device, amp="off"):
     kwargs["fusion"] = tuple(names) if len(names) > 1 else None
     if settings["rerank"]:
         kwargs["rerank"] = RerankConfig(**settings["rerank"])
-    if settings.get("neighbours"):
-        from scstn_vcn.metrics.neighbours import NeighbourSearch
-
-        kwargs["neighbours"] = NeighbourSearch(**settings["neighbours"])
+        kwargs["neighbours"] = neighbour_search(config)
     if settings["query_expansion"]:
         kwargs["query_expansion"] = QueryExpansionConfig(**settings["query_expansion"])
     if report:
@@ -137,8 +154,7 @@ def evaluate_model(model, dataset, config, device, amp="off"):
         gallery["camids"],
         **kwargs,
     )
-    if settings.get("neighbours"):
-        settings["neighbours"]["measured"] = {row: v["neighbours"] for row, v in results.items() if "neighbours" in v}
+    record_neighbours(settings, results)
     results = EvalResults(results, settings, queries)
     if report:
         # The report draws each image's SC-STN alignment from these (None without a spatial branch).

@@ -1,7 +1,8 @@
 """The k nearest items of every item, and each row's maximum distance, from one of several backends:
 what k-reciprocal re-ranking needs (``scstn_vcn.metrics.rerank``), at any gallery size.
 
-Backends (``NeighbourSearch(backend=...)``):
+Backends (``NeighbourSearch(backend=...)``; the default ``auto`` is ``exact`` up to 150,000 items and on
+CUDA, ``faiss-ivf`` above on the CPU when faiss is installed):
 
 * ``exact``: ``knn.nearest_neighbours``, the blocked torch pass over all N^2 distances (CPU or CUDA),
   exact, ties by index. The default, and the right choice while N^2 D multiply-adds are affordable: up
@@ -52,7 +53,7 @@ import math
 import numbers
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -60,7 +61,10 @@ import torch
 from .item_features import ItemFeatures
 from .knn import Neighbours, block_size_for, merge_smallest, nearest_neighbours, order_by_value_then_index, smallest_k
 
-BACKENDS = ("exact", "faiss-flat", "faiss-ivf")
+BACKENDS = ("auto", "exact", "faiss-flat", "faiss-ivf")
+# "auto": the exact pass up to this many items (MSMT17's 93,820 with room), or on CUDA at any size;
+# faiss-ivf above it on the CPU when faiss is installed (else exact, at its O(N^2 D) cost)
+AUTO_EXACT_UP_TO = 150_000
 FAISS_INSTALL = (
     'faiss is not installed: `pip install "scstn-vcn[faiss]"` (faiss-cpu) or, for GPUs, the faiss-gpu package '
     "of your CUDA version (conda install -c pytorch faiss-gpu)"
@@ -111,14 +115,15 @@ def default_nlist(num_items: int) -> int:
 class NeighbourSearch:
     """How the k nearest items are found (see the module docstring).
 
-    ``backend`` exact | faiss-flat | faiss-ivf; ``nprobe`` lists searched (faiss-ivf); ``nlist`` lists
-    (None: ``default_nlist(N)``); ``codes`` the IVF's vector codes (Flat, SQ8, SQ4, SQfp16, PQ<m>);
-    ``rescore`` candidates per neighbour re-scored exactly (None: ``default_rescore``); ``far_k``
-    candidates for the row maximum, from ``far_nprobe`` lists; ``train_size`` rows the IVF trains on (None:
-    min(N, 64 nlist)); ``recall_sample`` rows on which recall is measured (0: not measured); ``seed`` for the samples.
+    ``backend`` auto | exact | faiss-flat | faiss-ivf (auto: ``resolve_backend``); ``nprobe`` lists searched
+    (faiss-ivf); ``nlist`` lists (None: ``default_nlist(N)``); ``codes`` the IVF's vector codes (Flat, SQ8,
+    SQ4, SQfp16, PQ<m>); ``rescore`` candidates per neighbour re-scored exactly (None: ``default_rescore``);
+    ``far_k`` candidates for the row maximum, from ``far_nprobe`` lists; ``train_size`` rows the IVF trains on
+    (None: min(N, 64 nlist)); ``recall_sample`` rows on which recall is measured (0: not measured); ``seed``
+    for the samples.
     """
 
-    backend: str = "exact"
+    backend: str = "auto"
     nprobe: int = 32
     nlist: int | None = None
     codes: str = "SQ8"
@@ -142,10 +147,6 @@ class NeighbourSearch:
         if not isinstance(self.recall_sample, numbers.Integral) or self.recall_sample < 0:
             raise ValueError(f"recall_sample must be an integer >= 0, got {self.recall_sample!r}")
 
-    @property
-    def approximate(self) -> bool:
-        return self.backend == "faiss-ivf"
-
     def as_dict(self) -> dict:
         out = {"backend": self.backend}
         if self.backend == "faiss-ivf":
@@ -153,6 +154,20 @@ class NeighbourSearch:
         elif self.backend == "faiss-flat":
             out.update(far_k=self.far_k, recall_sample=self.recall_sample)
         return out
+
+
+def resolve_backend(search: NeighbourSearch, num_items: int, device: torch.device) -> str:
+    """The backend "auto" stands for: exact up to AUTO_EXACT_UP_TO items or on CUDA, else faiss-ivf when
+    faiss is installed, else exact. Other backends stand for themselves."""
+    if search.backend != "auto":
+        return search.backend
+    if num_items <= AUTO_EXACT_UP_TO or device.type == "cuda":
+        return "exact"
+    try:
+        import_faiss()
+    except FaissMissingError:
+        return "exact"
+    return "faiss-ivf"
 
 
 def default_rescore(search: NeighbourSearch) -> int:
@@ -349,7 +364,11 @@ def find_neighbours(
     if not isinstance(search, NeighbourSearch):
         raise TypeError(f"search must be a NeighbourSearch or None, got {type(search).__name__}")
     k = _positive_int(k, "k")
+    requested = search.backend
+    search = replace(search, backend=resolve_backend(search, items.num_items, items.device))
     report = search.as_dict()
+    if requested != search.backend:
+        report["requested"] = requested
     begin = time.perf_counter()
     if search.backend == "exact":
         found = nearest_neighbours(items, views, k, block_size_for(int(chunk_size), items.num_items))
