@@ -134,11 +134,6 @@ class FeatureSet:
     def paths(self) -> list[str]:
         return read_paths(os.path.join(self.folder, "paths.txt"), self.num_items)
 
-    def select(self, rows) -> FeatureSet:
-        """The items ``rows`` (a slice keeps the memory maps; an index array copies those rows)."""
-        feats = {name: value[rows] for name, value in self.feats.items()}
-        return FeatureSet(self.folder, feats, self.pids[rows], self.camids[rows], self.manifest)
-
 
 def read_paths(path: str, count: int) -> list[str]:
     with open(path, encoding="utf-8") as handle:
