@@ -119,21 +119,19 @@ def _check_chunk(chunk_size) -> int:
     return int(chunk_size)
 
 
-def _contains(sorted_keys: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
-    """probe's elements that occur in the sorted 1-D ``sorted_keys``."""
-    if sorted_keys.numel() == 0:
-        return torch.zeros_like(probe, dtype=torch.bool)
-    pos = torch.searchsorted(sorted_keys, probe).clamp_max_(sorted_keys.numel() - 1)
-    return sorted_keys[pos] == probe
-
-
-def _reciprocal(index: torch.Tensor, width: int) -> torch.Tensor:
-    """(N, width) bool: whether i is among the first ``width`` neighbours of j = index[i, p]."""
+def _reciprocal(index: torch.Tensor, width: int, chunk_size: int) -> torch.Tensor:
+    """(N, width) bool: whether i is among the first ``width`` neighbours of j = index[i, p], for chunks of
+    rows at a time (each gathers its neighbours' lists: chunk x width^2)."""
     n = index.shape[0]
-    nbr = index[:, :width]
-    owner = torch.arange(n, device=index.device)[:, None]
-    keys = (owner * n + nbr).flatten().sort().values  # (j, m): m is among j's first `width`
-    return _contains(keys, nbr * n + owner)
+    first = index[:, :width].contiguous()  # whole rows: index_select copies them, much faster than indexing
+    out = torch.empty(n, width, dtype=torch.bool, device=index.device)
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        # (rows, width, width): each neighbour's own first `width`
+        back = first.index_select(0, first[start:stop].flatten()).view(stop - start, width, width)
+        rows = torch.arange(start, stop, device=index.device)[:, None, None]
+        torch.any(back == rows, dim=2, out=out[start:stop])
+    return out
 
 
 class KReciprocalEncoding:
@@ -174,33 +172,34 @@ class KReciprocalEncoding:
         index = neighbours.index
         k = index.shape[1]
         kh = min(self.config.expansion_k + 1, k)
-        recip = _reciprocal(index, k)
-        recip_half = _reciprocal(index, kh)
+        recip = _reciprocal(index, k, self.chunk_size)
+        recip_half = _reciprocal(index, kh, self.chunk_size)
         half_size = recip_half.sum(1).to(torch.float64)
-        owner = torch.arange(n, device=dev)[:, None]
-        r_keys = (owner * n + index)[recip].sort().values  # the pairs (i, j), j in R(i, k1)
-        nn_keys, nn_order = (owner * n + index).flatten().sort()
-        nn_dist = neighbours.distance.flatten()
+        # membership in R(i, k1) of a chunk's rows, as flags over all items (cleared after each chunk)
+        member = torch.zeros(min(self.chunk_size, n), n, dtype=torch.bool, device=dev)
+        index_half = index[:, :kh].contiguous()
         rows_out, cols_out, vals_out = [], [], []
         for start in range(0, n, self.chunk_size):
             stop = min(start + self.chunk_size, n)
             cand, ok = index[start:stop], recip[start:stop]  # R(i, k1) = cand[ok]
-            half = index[:, :kh][cand]  # the candidates' h + 1 nearest
-            half_ok = recip_half[cand]  # ... that are reciprocal: R(c, h)
-            rows = torch.arange(start, stop, device=dev)
-            inside = _contains(r_keys, rows[:, None, None] * n + half) & half_ok
+            shape = (stop - start, k, kh)
+            half = index_half.index_select(0, cand.flatten()).view(shape)  # the candidates' h + 1 nearest
+            half_ok = recip_half.index_select(0, cand.flatten()).view(shape)  # ... that are reciprocal: R(c, h)
+            flags = member[: stop - start]
+            r_local, r_pos = ok.nonzero(as_tuple=True)
+            flags[r_local, cand[r_local, r_pos]] = True
+            inside = flags.gather(1, half.flatten(1)).view(half.shape) & half_ok
+            flags[r_local, cand[r_local, r_pos]] = False
             overlap = inside.sum(2).to(torch.float64)
             expand = ok & (overlap > (2.0 / 3.0) * half_size[cand])
-            members = torch.cat(
-                [cand.masked_fill(~ok, n), half.masked_fill(~(half_ok & expand[:, :, None]), n).flatten(1)], 1
-            )
-            members = members.sort(1).values
-            keep = members != n
-            keep[:, 1:] &= members[:, 1:] != members[:, :-1]
-            local, pos = keep.nonzero(as_tuple=True)  # row-major: each row's members ascending
-            row, col = local + start, members[local, pos]
-            del members, keep, inside, half, half_ok
-            d = self._pair_distances(items, row, col, nn_keys, nn_order, nn_dist)
+            # R*(i): R(i, k1) and the R(c, h) of the expanded candidates, deduplicated and ascending
+            h_local, h_cand, h_pos = (half_ok & expand[:, :, None]).nonzero(as_tuple=True)
+            keys = torch.cat([r_local * n + cand[r_local, r_pos], h_local * n + half[h_local, h_cand, h_pos]])
+            keys = torch.unique(keys)  # sorted: row-major, each row's members ascending
+            local, col = keys // n, keys % n
+            row = local + start
+            del inside, half, half_ok, keys
+            d = self._pair_distances(items, neighbours, row, col)
             weight = torch.exp((d * d).div_(self.denominator[row]).neg_())
             total = torch.zeros(stop - start, dtype=weight.dtype, device=dev).index_add_(0, local, weight)
             rows_out.append(row)
@@ -208,14 +207,12 @@ class KReciprocalEncoding:
             vals_out.append(weight.div_(total[local]))
         return SparseRows.from_sorted_entries(n, torch.cat(rows_out), torch.cat(cols_out), torch.cat(vals_out))
 
-    def _pair_distances(self, items: ItemFeatures, row, col, nn_keys, nn_order, nn_dist) -> torch.Tensor:
+    def _pair_distances(self, items: ItemFeatures, neighbours: Neighbours, row, col) -> torch.Tensor:
         """D[row[p], col[p]]: from the neighbour lists where col is among row's nearest, else computed."""
-        n = items.num_items
-        key = row * n + col
-        pos = torch.searchsorted(nn_keys, key).clamp_max_(nn_keys.numel() - 1)
-        found = nn_keys[pos] == key
-        out = torch.empty(row.shape[0], dtype=nn_dist.dtype, device=nn_dist.device)
-        out[found] = nn_dist[nn_order[pos[found]]]
+        hit = neighbours.index.index_select(0, row) == col[:, None]
+        found = hit.any(1)
+        where = hit.to(torch.uint8).argmax(1)  # the list position of col where found
+        out = neighbours.distance[row, where]
         missing = (~found).nonzero().flatten()
         if missing.numel():
             out[missing] = items.pair_distances(self.branches, row[missing], col[missing]).to(out.dtype)
