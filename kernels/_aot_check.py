@@ -4,7 +4,10 @@ Triton ships ptxas, so the full compiled path (Triton IR -> LLVM -> PTX -> cubin
 machine without a GPU, where the tests otherwise only reach the interpreter. This catches what the
 interpreter does not (type promotion, dynamic loop bounds, constexpr handling) and reports the register
 and stack (spill) use of each kernel at the block sizes the launchers pick for the paper shapes, for
-every dtype (float32, bfloat16, float16, float64 by default); it fails when a kernel spills.
+every dtype (float32, bfloat16, float16, float64 by default), and the blocks a multiprocessor holds at
+that use (registers, threads, shared memory). It fails when a kernel spills or needs all 255 registers,
+and when a kernel that the launchers compile without fp fusion (affine_hpool.EXACT_POSITIONS) has a
+contracted fma or an approximate float32 division in its PTX.
 
     TRITON_INTERPRET=0 python -m scstn_vcn.kernels._aot_check [--arch 90] [--dtype float32 ...]
 
@@ -13,6 +16,7 @@ Must run in a process where TRITON_INTERPRET is not 1 (the kernels must be real 
 
 import argparse
 import os
+import re
 import subprocess
 import tempfile
 
@@ -32,8 +36,8 @@ _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
 
 
 def _jobs(dtype, shape):
-    """(kernel, argument types, constexprs, num_warps) for every kernel the launchers run on `shape`,
-    with the block sizes the launchers pick for `dtype`."""
+    """(kernel, argument types, constexprs, num_warps, compile options) for every kernel the launchers run
+    on `shape`, with the block sizes and options the launchers pick for `dtype`."""
     C, H, W = shape
     HW = H * W
     compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -87,6 +91,7 @@ def _jobs(dtype, shape):
             dict(x_ptr=P, theta_ptr=A, out_ptr=P, argmax_ptr="*i32", **geo),
             dict(ACC=ACC, BLOCK_R=br, BLOCK_W=bw),
             num_warps_for(br * bw),
+            AH.EXACT_POSITIONS,
         )
     )
     jobs.append(
@@ -95,16 +100,28 @@ def _jobs(dtype, shape):
             dict(x_ptr=P, theta_ptr=A, g_ptr=P, argmax_ptr="*i32", partial_ptr=A, n_rblocks=i32, **geo),
             dict(ACC=ACC, BLOCK_R=br, BLOCK_W=bw),
             num_warps_for(br * bw),
+            AH.EXACT_POSITIONS,
         )
     )
     jobs.append((AH._dtheta_reduce_kernel, dict(partial_ptr=A, dtheta_ptr=A, n_rblocks=i32), dict(ACC=ACC), 1))
-    be, bp = AH._index_blocks(HW)
+    be, bj, bp, warps = AH._index_blocks(HW)
     jobs.append(
         (
             AH._inverse_index_kernel,
-            dict(theta_ptr=A, start_ptr="*i32", sample_ptr="*i32", weight_ptr=A, cursor_ptr="*i32", H=i32, W=i32),
-            dict(ACC=ACC, BLOCK_E=be, BLOCK_P=bp),
-            num_warps_for(be * be),
+            dict(
+                theta_ptr=A,
+                start_ptr="*i32",
+                sample_ptr="*i32",
+                weight_ptr=A,
+                cursor_ptr="*i32",
+                pair_key_ptr="*i32",
+                pair_weight_ptr=A,
+                H=i32,
+                W=i32,
+            ),
+            dict(ACC=ACC, BLOCK_E=be, BLOCK_J=bj, BLOCK_P=bp),
+            warps,
+            AH.EXACT_POSITIONS,
         )
     )
     bc, bp = AH._dx_blocks(C, HW)
@@ -163,12 +180,18 @@ def _jobs(dtype, shape):
             num_warps_for(bc * bx),
         )
     )
-    bc, bk, bh = VP._blocks(C, K_KERNELS, H)
     vp = dict(C=i32, K=i32, H=i32)
-    consts = dict(ACC=ACC, BLOCK_C=bc, BLOCK_K=bk, BLOCK_H=bh)
+    fc, bk, bh = VP._forward_blocks(C, K_KERNELS, H, dtype)
     jobs.append(
-        (VP._vertical_proj_fwd_kernel, dict(F_ptr=P, delta_ptr=A, f_ptr=P, **vp), consts, num_warps_for(bc * bk * bh))
+        (
+            VP._vertical_proj_fwd_kernel,
+            dict(F_ptr=P, delta_ptr=A, f_ptr=P, **vp),
+            dict(ACC=ACC, BLOCK_C=fc, BLOCK_K=bk, BLOCK_H=bh),
+            num_warps_for(fc * bk * bh),
+        )
     )
+    bc, bk, bh = VP._blocks(C, K_KERNELS, H)
+    consts = dict(ACC=ACC, BLOCK_C=bc, BLOCK_K=bk, BLOCK_H=bh)
     jobs.append(
         (
             VP._vertical_proj_dF_kernel,
@@ -194,7 +217,7 @@ def _jobs(dtype, shape):
             4,
         )
     )
-    return jobs
+    return [job if len(job) == 5 else (*job, {}) for job in jobs]
 
 
 def _resources(cubin):
@@ -210,8 +233,30 @@ def _resources(cubin):
     return dict(field.split(":") for field in fields[0].split() if ":" in field) if fields else None
 
 
+# Per multiprocessor: registers, threads, resident blocks, shared memory (bytes) and the shared memory the
+# driver reserves per block (CUDA occupancy calculator, compute capability 8.0 and 9.0).
+_SM_LIMITS = {80: (65536, 2048, 32, 167936, 1024), 90: (65536, 2048, 32, 233472, 1024)}
+# PTX of a rounding that the kernels compiled with enable_fp_fusion=False must not contain: contracted
+# multiply-adds, approximate float32 division.
+_INEXACT_PTX = re.compile(r"\b(?:fma\.rn\.f(?:32|64)|div\.(?:full|approx)\.f32)\b")
+
+
+def blocks_per_sm(arch, registers, warps, shared):
+    """Resident blocks per multiprocessor of a kernel using `registers` a thread at `warps` warps and
+    `shared` bytes of shared memory (None for an architecture not in _SM_LIMITS). Registers are
+    allocated per warp in units of 256 (8 a thread)."""
+    if arch not in _SM_LIMITS:
+        return None
+    regs, threads, blocks, smem, reserved = _SM_LIMITS[arch]
+    by_regs = regs // (-(-registers // 8) * 8 * 32) // warps
+    by_smem = smem // (shared + reserved)
+    return min(blocks, threads // (32 * warps), by_regs, by_smem)
+
+
 def compile_all(arch=90, dtypes=(torch.float32,), shapes=("O",)):
-    """Compile every kernel; returns a list of (name, dtype, shape, constexprs, warps, resources)."""
+    """Compile every kernel; returns one dict per (kernel, dtype, shape): name, dtype, shape, consts,
+    warps, options, resources (cuobjdump's REG, STACK, ...; None without cuobjdump), shared (bytes),
+    blocks_per_sm and inexact (PTX roundings a kernel compiled without fp fusion must not have)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -221,13 +266,30 @@ def compile_all(arch=90, dtypes=(torch.float32,), shapes=("O",)):
     report = []
     for dtype in dtypes:
         for shape in shapes:
-            for kernel, types, consts, warps in _jobs(dtype, PAPER[shape]):
+            for kernel, types, consts, warps, options in _jobs(dtype, PAPER[shape]):
                 signature = {name: ("constexpr" if name in consts else types[name]) for name in kernel.arg_names}
                 compiled = triton.compile(
-                    ASTSource(kernel, signature, constexprs=consts), target=target, options={"num_warps": warps}
+                    ASTSource(kernel, signature, constexprs=consts),
+                    target=target,
+                    options={"num_warps": warps, **options},
                 )
-                shown = {k: v for k, v in consts.items() if k != "ACC"}
-                report.append((kernel.__name__, str(dtype), shape, shown, warps, _resources(compiled.asm["cubin"])))
+                res = _resources(compiled.asm["cubin"])
+                shared = int(getattr(compiled.metadata, "shared", 0))
+                exact = options.get("enable_fp_fusion", True) is False
+                report.append(
+                    dict(
+                        name=kernel.__name__,
+                        dtype=str(dtype),
+                        shape=shape,
+                        consts={k: v for k, v in consts.items() if k != "ACC"},
+                        warps=warps,
+                        options=options,
+                        resources=res,
+                        shared=shared,
+                        blocks_per_sm=None if res is None else blocks_per_sm(arch, int(res["REG"]), warps, shared),
+                        inexact=sorted(set(_INEXACT_PTX.findall(compiled.asm["ptx"]))) if exact else [],
+                    )
+                )
     return report
 
 
@@ -243,14 +305,22 @@ def main():
     parser.add_argument("--shape", nargs="+", default=["O", "M"], choices=list(PAPER))
     args = parser.parse_args()
     dtypes = [getattr(torch, name) for name in args.dtype]
-    spilled = []
-    for name, dtype, shape, consts, warps, res in compile_all(args.arch, dtypes, args.shape):
-        usage = "" if res is None else f"REG {res.get('REG')} STACK {res.get('STACK')}"
-        print(f"{name:32s} {dtype:15s} {shape} warps={warps} {consts} {usage}")
+    print(f"triton {triton.__version__}, sm_{args.arch}")
+    problems = []
+    for row in compile_all(args.arch, dtypes, args.shape):
+        res, what = row["resources"], f"{row['name']} {row['dtype']} {row['shape']}"
+        usage = "" if res is None else f"REG {res.get('REG')} STACK {res.get('STACK')} blocks/SM {row['blocks_per_sm']}"
+        exact = " exact" if row["options"].get("enable_fp_fusion", True) is False else ""
+        shape = f"{row['shape']} warps={row['warps']}{exact}"
+        print(f"{row['name']:32s} {row['dtype']:15s} {shape} {row['consts']} {usage}")
         if res is not None and res.get("STACK", "0") != "0":
-            spilled.append(f"{name} {dtype} {shape}")
-    if spilled:  # a spilling tile is a block-size choice to fix in the launcher
-        raise SystemExit("kernels that spill registers to the stack: " + ", ".join(spilled))
+            problems.append(f"{what} spills registers to the stack")
+        elif res is not None and int(res.get("REG", 0)) >= 255:
+            problems.append(f"{what} uses all 255 registers (the next change spills)")
+        if row["inexact"]:
+            problems.append(f"{what} is compiled without fp fusion but its PTX has {', '.join(row['inexact'])}")
+    if problems:  # a spilling tile is a block-size choice to fix in the launcher
+        raise SystemExit("kernels that fail the check:\n  " + "\n  ".join(problems))
 
 
 if __name__ == "__main__":

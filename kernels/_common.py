@@ -7,6 +7,12 @@ import torch
 import triton
 import triton.language as tl
 
+from scstn_vcn.kernels import _interpreter_compat
+
+# Every kernel module imports this one before any kernel runs: triton 3.6's interpreter needs a fix to
+# run loops over runtime bounds with numpy >= 2.4 (see _interpreter_compat).
+_interpreter_compat.apply()
+
 
 def device_context(tensor):
     """Context in which to launch a kernel on `tensor`: Triton launches on torch.cuda.current_device(),
@@ -80,10 +86,11 @@ def row_pool_blocks(C, H, W):
     return block_r, block_w
 
 
-def launch_row_pool_forward(kernel, x, theta, grid):
+def launch_row_pool_forward(kernel, x, theta, grid, **options):
     """(out, argmax) of an affine_hpool forward `kernel`, whose arguments are (x, theta, out, argmax, C, H,
     W, *x.stride(), ACC, BLOCK_R, BLOCK_W), launched on `grid` with row_pool_blocks tiles: out (B, C, H)
-    in x's dtype, argmax (B, C, H) int32. Call it inside the caller module's device_context(x)."""
+    in x's dtype, argmax (B, C, H) int32. `options` are Triton compile options of the launch (e.g.
+    enable_fp_fusion). Call it inside the caller module's device_context(x)."""
     B, C, H, W = x.shape
     theta = theta.contiguous()
     out = torch.empty((B, C, H), device=x.device, dtype=x.dtype)
@@ -102,6 +109,7 @@ def launch_row_pool_forward(kernel, x, theta, grid):
         BLOCK_R=block_r,
         BLOCK_W=block_w,
         num_warps=num_warps_for(block_r * block_w),
+        **options,
     )
     return out, argmax
 

@@ -44,6 +44,22 @@ Backward design: deterministic, no atomics, correct for ANY theta (rotation and 
     O(B H W) work and memory, independent of C (negligible next to x). The rotation-free theta of
     SC-STN needs no special path: its lists are just short (about 4 entries per pixel at unit scale).
 
+Rounding: the forward, dtheta and the inverse index compile without fma contraction
+(EXACT_POSITIONS: enable_fp_fusion=False, for LLVM and ptxas) and divide with round-to-nearest
+(_div), because bitwise agreement of the sample positions is the point there. Each of the three
+computes the positions itself (u, v, ix, iy, their floors, the bilinear weights), and the inverse index
+must be exactly the forward's sampling pattern: it sends every sample's gradient to the pixels the
+forward read, with the weights it read them with. By default Triton on a GPU fuses t00 u + t01 v + t02
+and (gx + 1) W - 1 into fmas and compiles float32 division to an approximate divide, while the
+interpreter (numpy) and torch round every operation. A last-bit difference moves a weight by a bit and
+a sample exactly on a pixel boundary (identity, 90-degree rotations, zoom by 1/2 -- common thetas) to
+the neighbouring pixel; compiled so, the kernels round like each other, like the interpreter and like
+the same formula in torch on the CPU, and the inverse index equals a stable sort of torch's positions
+bitwise on every device (tests/test_triton_kernels.py; _aot_check checks the PTX for fmas and
+approximate divisions). It costs a few instructions in gather-bound kernels. The dx kernel and the other
+ops' kernels keep Triton's defaults: their results are compared with float64 references within a
+tolerance, which is their contract.
+
 Coordinates are clamped to [-2, size + 1] before the floor: all four neighbours of a clamped sample stay
 outside the map exactly when they were outside before, and the int32 conversion cannot overflow.
 Low precision inputs are computed in float32, float64 in float64. Row, position and sample indices are
@@ -70,6 +86,28 @@ from scstn_vcn.kernels._common import (
     torch_acc_dtype,
 )
 from scstn_vcn.kernels._common import row_pool_blocks as _row_blocks
+
+# Compile options of the kernels that compute sample positions (forward, dtheta, inverse index): no
+# contraction of a * b + c into one fma, so that they round like each other, the interpreter and torch
+# (see "Rounding" in the module doc; they also divide only with _div).
+EXACT_POSITIONS = {"enable_fp_fusion": False}
+
+
+@triton.jit
+def _div(a, n, ACC: tl.constexpr):
+    """a / n (a in ACC, n an int32 size), rounded to nearest: Triton's float32 `/` compiles to an
+    approximate divide on NVIDIA GPUs (float64's rounds to nearest), unlike the interpreter's and
+    torch's on the CPU."""
+    if ACC == tl.float32:
+        return tl.div_rn(a, n * 1.0)  # n * 1.0, not n.to(): Triton passes an n of 1 as a constexpr
+    else:
+        return a / n
+
+
+@triton.jit
+def _centre(i, n, ACC: tl.constexpr):
+    """Normalised coordinate (2 i + 1) / n - 1 of pixel i (int32) along an axis of n pixels."""
+    return _div((2 * i + 1).to(ACC), n, ACC) - 1
 
 
 @triton.jit
@@ -144,20 +182,20 @@ def _affine_hpool_fwd_kernel(
     r_ok = r < C * H
     c = r // H
     h = r - c * H
-    v = (2 * h + 1).to(ACC) / H - 1
+    v = _centre(h, H, ACC)
     row = (x_ptr + b * s_b + c.to(tl.int64) * s_c)[:, None]
     total = tl.zeros([BLOCK_R], dtype=ACC)
     best = tl.full([BLOCK_R], float("-inf"), dtype=ACC)
     best_idx = tl.zeros([BLOCK_R], dtype=tl.int32)
     for w0 in range(0, W, BLOCK_W):
         w = w0 + tl.arange(0, BLOCK_W)
-        u = (2 * w + 1).to(ACC) / W - 1
+        u = _centre(w, W, ACC)
         mask = r_ok[:, None] & (w < W)[None, :]
         ix, iy = _sample(theta_ptr, b, u, v, H, W, ACC)
         v00, v01, v10, v11, tx, ty = _neighbours(x_ptr, row, ix, iy, H, W, s_h, s_w, mask, ACC)
         val = (v00 * (1 - tx) + v01 * tx) * (1 - ty) + (v10 * (1 - tx) + v11 * tx) * ty
         total, best, best_idx = row_pool_update(val, mask, w, total, best, best_idx)
-    out = total / W + best
+    out = _div(total, W, ACC) + best
     out_row = b * C * H + r
     tl.store(out_ptr + out_row, out.to(out_ptr.dtype.element_ty), mask=r_ok)
     tl.store(argmax_ptr + out_row, best_idx, mask=r_ok)
@@ -188,10 +226,11 @@ def _affine_hpool_dtheta_kernel(
     r_ok = r < C * H
     c = r // H
     h = r - c * H
-    v = (2 * h + 1).to(ACC) / H - 1
+    v = _centre(h, H, ACC)
     row = (x_ptr + b * s_b + c.to(tl.int64) * s_c)[:, None]
     g = tl.load(g_ptr + b * C * H + r, mask=r_ok, other=0.0).to(ACC)
     am = tl.load(argmax_ptr + b * C * H + r, mask=r_ok, other=-1)
+    g_mean = _div(g, W, ACC)
     # per-row sums of the six products (v_h is constant along a row, so it multiplies the row sum)
     ax_u = tl.zeros([BLOCK_R], dtype=ACC)
     ax_1 = tl.zeros([BLOCK_R], dtype=ACC)
@@ -199,12 +238,12 @@ def _affine_hpool_dtheta_kernel(
     ay_1 = tl.zeros([BLOCK_R], dtype=ACC)
     for w0 in range(0, W, BLOCK_W):
         w = w0 + tl.arange(0, BLOCK_W)
-        u = (2 * w + 1).to(ACC) / W - 1
+        u = _centre(w, W, ACC)
         mask = r_ok[:, None] & (w < W)[None, :]
         ix, iy = _sample(theta_ptr, b, u, v, H, W, ACC)
         v00, v01, v10, v11, tx, ty = _neighbours(x_ptr, row, ix, iy, H, W, s_h, s_w, mask, ACC)
-        # g / W and x * W * 0.5 keep ACC: a Python-side 1.0 / W would be a float32 constant in fp64 runs
-        dr = g[:, None] / W + tl.where(w[None, :] == am[:, None], g[:, None], 0.0)
+        # dr * W * 0.5 keeps ACC: a Python-side W / 2 would be a float32 constant in fp64 runs
+        dr = g_mean[:, None] + tl.where(w[None, :] == am[:, None], g[:, None], 0.0)
         dr = tl.where(mask, dr, 0.0)
         gix = ((v01 - v00) * (1 - ty) + (v11 - v10) * ty) * dr * W * 0.5
         giy = ((v10 - v00) * (1 - tx) + (v11 - v01) * tx) * dr * H * 0.5
@@ -242,8 +281,8 @@ def _pairs(theta_ptr, b, e, n_pairs, H, W, ACC: tl.constexpr):
     k = e - s * 4
     sh = s // W
     sw = s - sh * W
-    u = (2 * sw + 1).to(ACC) / W - 1
-    v = (2 * sh + 1).to(ACC) / H - 1
+    u = _centre(sw, W, ACC)
+    v = _centre(sh, H, ACC)
     ix, iy = _position(theta_ptr, b, u, v, H, W, ACC)
     x0f = tl.floor(ix)
     y0f = tl.floor(iy)
@@ -266,30 +305,46 @@ def _inverse_index_kernel(
     sample_ptr,
     weight_ptr,
     cursor_ptr,
+    pair_key_ptr,
+    pair_weight_ptr,
     H,
     W,
     ACC: tl.constexpr,
     BLOCK_E: tl.constexpr,
+    BLOCK_J: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
     """One program per image: the counting sort of its 4 H W pairs by input pixel (see the module doc).
-    cursor is scratch of H W + 1 int32 per image: first the counts, then each bucket's next free slot.
-    Threads of the program exchange it through global memory, ordered by barriers (loaded with .cg,
-    from L2, where the atomics land)."""
+    Scratch per image: cursor, H W + 1 int32 (first the counts, then each bucket's next free slot), and
+    pair_key / pair_weight, 4 H W each (every pair's bucket and weight in pair order). Threads of the
+    program exchange them through global memory, ordered by barriers (loaded with .cg, from L2, where
+    the atomics and stores land).
+
+    Registers: the positions are computed once, in pass 1, on [BLOCK_E] vectors; pass 3 moves integers
+    and the stored weights only, and ranks a chunk's pairs in [BLOCK_E, BLOCK_J] tiles. Computing the
+    positions again in pass 3, next to a [BLOCK_E, BLOCK_E] rank tile, took 239 registers (triton
+    3.8) to 255 plus a stack (triton 3.6, 576 bytes in float64): the compiler laid the float64
+    position arithmetic out in the tile's row layout, several pairs a thread."""
     b = tl.program_id(0).to(tl.int64)
     HW = H * W
     n_pairs = 4 * HW
     cursor = cursor_ptr + b * (HW + 1)
+    pair_key = pair_key_ptr + b * n_pairs
+    pair_weight = pair_weight_ptr + b * n_pairs
     lane_p = tl.arange(0, BLOCK_P)
     lane_e = tl.arange(0, BLOCK_E)
     for p0 in range(0, HW + 1, BLOCK_P):
         tl.store(cursor + p0 + lane_p, tl.zeros([BLOCK_P], dtype=tl.int32), mask=p0 + lane_p <= HW)
     tl.debug_barrier()
-    # 1. pairs per bucket; integer sums are exact, so the atomics' order does not matter
+    # 1. every pair's bucket and weight, and the pairs per bucket (integer sums are exact, so the
+    #    atomics' order does not matter)
     for e0 in range(0, n_pairs, BLOCK_E):
         e = e0 + lane_e
-        key, _s, _w = _pairs(theta_ptr, b, e, n_pairs, H, W, ACC)
-        tl.atomic_add(cursor + key, tl.full([BLOCK_E], 1, dtype=tl.int32), mask=e < n_pairs)
+        e_ok = e < n_pairs
+        key, _s, weight = _pairs(theta_ptr, b, e, n_pairs, H, W, ACC)
+        tl.store(pair_key + e, key, mask=e_ok)
+        tl.store(pair_weight + e, weight.to(pair_weight_ptr.dtype.element_ty), mask=e_ok)
+        tl.atomic_add(cursor + key, tl.full([BLOCK_E], 1, dtype=tl.int32), mask=e_ok)
     tl.debug_barrier()
     # 2. exclusive scan: start of every bucket, which is also its first free slot
     carry = 0
@@ -303,21 +358,25 @@ def _inverse_index_kernel(
         carry += tl.sum(count, axis=0)
     tl.debug_barrier()
     # 3. placement, chunk by chunk in pair order: slot = cursor of the bucket + rank of the pair among
-    #    the chunk's earlier pairs of the same bucket; the chunk's last pair of a bucket (one per
-    #    bucket, so no write conflicts) advances the cursor past the chunk's pairs.
+    #    the chunk's earlier pairs of the same bucket (counted BLOCK_J pairs at a time); then every
+    #    pair adds 1 to its bucket's cursor (integer atomics: exact, order-free), which moves the
+    #    cursor past the chunk's pairs. Pairs past the end are never earlier than a valid pair.
     for e0 in range(0, n_pairs, BLOCK_E):
         e = e0 + lane_e
         e_ok = e < n_pairs
-        key, s, weight = _pairs(theta_ptr, b, e, n_pairs, H, W, ACC)
-        tag = tl.where(e_ok, key, -1 - lane_e)  # lanes past the end match nothing
-        same = (tag[:, None] == tag[None, :]).to(tl.int32)
-        rank = tl.sum(tl.where(lane_e[None, :] < lane_e[:, None], same, 0), axis=1)
-        count = tl.sum(same, axis=1)
+        key = tl.load(pair_key + e, mask=e_ok, other=0, cache_modifier=".cg")
+        rank = tl.zeros([BLOCK_E], dtype=tl.int32)
+        for j0 in range(e0, e0 + BLOCK_E, BLOCK_J):
+            j = j0 + tl.arange(0, BLOCK_J)
+            key_j = tl.load(pair_key + j, mask=j < n_pairs, other=-1, cache_modifier=".cg")
+            earlier = (key_j[None, :] == key[:, None]) & (j[None, :] < e[:, None])
+            rank += tl.sum(earlier.to(tl.int32), axis=1)
         slot = tl.load(cursor + key, mask=e_ok, other=0, cache_modifier=".cg") + rank
+        weight = tl.load(pair_weight + e, mask=e_ok, other=0.0, cache_modifier=".cg")
         tl.debug_barrier()  # every lane has read its cursor before any is advanced
-        tl.store(cursor + key, slot + 1, mask=e_ok & (rank == count - 1))
-        tl.store(sample_ptr + b * n_pairs + slot, s, mask=e_ok)
-        tl.store(weight_ptr + b * n_pairs + slot, weight.to(weight_ptr.dtype.element_ty), mask=e_ok)
+        tl.atomic_add(cursor + key, tl.full([BLOCK_E], 1, dtype=tl.int32), mask=e_ok)
+        tl.store(sample_ptr + b * n_pairs + slot, e // 4, mask=e_ok)
+        tl.store(weight_ptr + b * n_pairs + slot, weight, mask=e_ok)
         tl.debug_barrier()  # the advanced cursors are visible to the next chunk
 
 
@@ -381,9 +440,11 @@ def _dx_blocks(C, HW):
 
 
 def _index_blocks(HW):
-    # 128 pairs a chunk: the rank matrix is 128 x 128 (64 values a thread at 8 warps); (M) sorts its
-    # 3072 pairs in 24 chunks.
-    return pow2(4 * HW, lo=16, hi=128), pow2(HW + 1, lo=16, hi=1024)
+    # (BLOCK_E, BLOCK_J, BLOCK_P, num_warps). 128 pairs a chunk: (M) sorts its 3072 pairs in 24 chunks,
+    # each a few round trips to L2; the rank compares them 32 at a time, 16 tile values a thread at 8
+    # warps (see the kernel's doc and README's register table).
+    block_e = pow2(4 * HW, lo=16, hi=128)
+    return block_e, min(block_e, 32), pow2(HW + 1, lo=16, hi=1024), 8
 
 
 def forward_grid(B, C, H, W):
@@ -412,7 +473,7 @@ def affine_hpool_forward(x, theta):
     B, C, H, W = x.shape
     _check_indices(C, H, W)
     with device_context(x):
-        return launch_row_pool_forward(_affine_hpool_fwd_kernel, x, theta, forward_grid(B, C, H, W))
+        return launch_row_pool_forward(_affine_hpool_fwd_kernel, x, theta, forward_grid(B, C, H, W), **EXACT_POSITIONS)
 
 
 def inverse_index(theta, H, W):
@@ -422,10 +483,12 @@ def inverse_index(theta, H, W):
     B = theta.shape[0]
     HW = H * W
     start = torch.empty((B, HW + 1), device=theta.device, dtype=torch.int32)
-    cursor = torch.empty((B, HW + 1), device=theta.device, dtype=torch.int32)
     sample = torch.empty((B, 4 * HW), device=theta.device, dtype=torch.int32)
     weight = torch.empty((B, 4 * HW), device=theta.device, dtype=theta.dtype)
-    block_e, block_p = _index_blocks(HW)
+    cursor = torch.empty((B, HW + 1), device=theta.device, dtype=torch.int32)  # scratch
+    pair_key = torch.empty_like(sample)  # scratch
+    pair_weight = torch.empty_like(weight)  # scratch
+    block_e, block_j, block_p, warps = _index_blocks(HW)
     with device_context(theta):
         _inverse_index_kernel[checked_grid((B,), "affine_hpool inverse index")](
             theta,
@@ -433,12 +496,16 @@ def inverse_index(theta, H, W):
             sample,
             weight,
             cursor,
+            pair_key,
+            pair_weight,
             H,
             W,
             ACC=acc_dtype(theta.dtype),
             BLOCK_E=block_e,
+            BLOCK_J=block_j,
             BLOCK_P=block_p,
-            num_warps=num_warps_for(block_e * block_e),
+            num_warps=warps,
+            **EXACT_POSITIONS,
         )
     return start, sample, weight
 
@@ -476,6 +543,7 @@ def affine_hpool_backward(grad_out, x, theta, argmax):
             BLOCK_R=block_r,
             BLOCK_W=block_w,
             num_warps=num_warps_for(block_r * block_w),
+            **EXACT_POSITIONS,
         )
         _dtheta_reduce_kernel[reduce_grid](partial, grad_theta, n_rblocks, ACC=ACC, num_warps=1)
         start, sample, weight = inverse_index(theta.to(acc_t).contiguous(), H, W)

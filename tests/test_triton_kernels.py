@@ -286,6 +286,85 @@ def test_every_launcher_launches_in_its_tensors_device_context(monkeypatch):
     assert entered == [x.device] * 7
 
 
+def test_position_kernels_compile_without_fp_fusion_in_the_launchers_and_the_aot_check(monkeypatch):
+    """The kernels that compute affine_hpool's sample positions are launched with EXACT_POSITIONS (no fma
+    contraction; see "Rounding" in kernels/affine_hpool.py), the others with Triton's defaults, and the
+    AOT check compiles each kernel with the options its launcher uses (it then checks their PTX)."""
+    from scstn_vcn.kernels import _aot_check
+
+    _, affine_hpool, _ = _kernels()
+    exact = {"_affine_hpool_fwd_kernel", "_affine_hpool_dtheta_kernel", "_inverse_index_kernel"}
+    assert affine_hpool.EXACT_POSITIONS == {"enable_fp_fusion": False}
+    for dtype in (torch.float32, torch.float64):
+        jobs = {job[0].__name__: job[4] for job in _aot_check._jobs(dtype, _aot_check.PAPER["M"])}
+        assert {name for name, options in jobs.items() if options} == exact
+        assert all(jobs[name] == affine_hpool.EXACT_POSITIONS for name in exact)
+    launched = {}
+
+    class Recording:
+        def __init__(self, kernel, name):
+            self.kernel, self.name = kernel, name
+
+        def __getitem__(self, grid):
+            launch = self.kernel[grid]
+
+            def run(*args, **kwargs):
+                launched[self.name] = {k: v for k, v in kwargs.items() if k == "enable_fp_fusion"}
+                return launch(*args, **kwargs)
+
+            return run
+
+    for name in [n for n in vars(affine_hpool) if n.startswith("_") and n.endswith("_kernel")]:
+        monkeypatch.setattr(affine_hpool, name, Recording(getattr(affine_hpool, name), name))
+    x = torch.randn(2, 3, 4, 5, device=DEVICE)
+    theta = _theta([[0.9, 0.2, 0.1], [-0.1, 1.1, 0.0]], 2).float()
+    out, argmax = affine_hpool.affine_hpool_forward(x, theta)
+    affine_hpool.affine_hpool_backward(torch.ones_like(out), x, theta, argmax)
+    assert len(launched) == 5  # forward, dtheta, dtheta reduction, inverse index, dx
+    assert {name for name, options in launched.items() if options} == exact, launched
+    assert all(launched[name] == affine_hpool.EXACT_POSITIONS for name in exact)
+
+
+def test_interpreter_compat_squeezes_scalar_arguments_on_triton_before_3_7(monkeypatch):
+    """triton 3.6's interpreter converts a kernel's scalar argument (a one-element array) with int(array),
+    which numpy 2.4 refuses; kernels/_interpreter_compat.py makes it squeeze first, on triton < 3.7 only."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import triton
+    from triton.runtime import interpreter
+
+    from scstn_vcn.kernels import _interpreter_compat as compat
+
+    wrapped = []
+
+    def triton_36_patch(tensor, scope):  # what triton 3.6 sets
+        wrapped.append(tensor)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data))
+
+    class Scope:
+        def set_attr(self, obj, name, value):
+            setattr(obj, name, value)
+
+    class Tensor:
+        pass
+
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", triton_36_patch)
+    monkeypatch.setattr(compat, "INTERPRET", True)
+    for version, parsed in (("3.7.0", (3, 7)), ("3.9.0+git8f2a1b", (3, 9)), ("3.10.1", (3, 10))):
+        monkeypatch.setattr(triton, "__version__", version)
+        assert compat._triton_version() == parsed and not compat.needed() and not compat.apply()
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    assert compat.needed() and compat.apply()
+    assert not compat.apply()  # wrapped once
+    interpreter._patch_lang_tensor(Tensor, Scope())
+    bound = Tensor()
+    bound.handle = SimpleNamespace(data=np.array([7], dtype=np.int32))
+    assert wrapped == [Tensor] and list(range(0, bound, 3)) == [0, 3, 6]
+    monkeypatch.setattr(compat, "INTERPRET", False)  # compiled kernels: nothing to do
+    assert not compat.needed()
+
+
 # --- launch grids within CUDA's limits -----------------------------------------------------------
 
 GRID_X_LIMIT, GRID_YZ_LIMIT = 2**31 - 1, 65535
@@ -341,7 +420,12 @@ def test_row_indices_beyond_int32_are_a_clear_error():
 
 def _stable_sort_inverse_index(theta, H, W):
     """The inverse index as the Triton backward built it before (about 70 torch launches): every
-    (sample, neighbour) pair keyed by its input pixel (H W outside the map), stably sorted."""
+    (sample, neighbour) pair keyed by its input pixel (H W outside the map), stably sorted. Computed on
+    the CPU and returned on theta's device: there every operation rounds to nearest, as in the kernel
+    (compiled without fma contraction, dividing with div_rn; see "Rounding" in kernels/affine_hpool.py),
+    whereas torch on CUDA divides a tensor by a Python number as a product with its reciprocal."""
+    device = theta.device
+    theta = theta.cpu()
     B = theta.shape[0]
     dev, dt = theta.device, theta.dtype
     u = (2 * torch.arange(W, device=dev, dtype=dt) + 1) / W - 1
@@ -365,7 +449,7 @@ def _stable_sort_inverse_index(theta, H, W):
     weight = torch.gather(weight.reshape(B, 4 * HW), 1, order)
     bounds = torch.arange(HW + 1, device=dev).expand(B, HW + 1).contiguous()
     start = torch.searchsorted(sorted_key.contiguous(), bounds, side="left")
-    return start, sample, weight
+    return start.to(device), sample.to(device), weight.to(device)
 
 
 def _index_thetas(B, gen, dtype):
@@ -380,7 +464,7 @@ def _index_thetas(B, gen, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("H,W", [(7, 6), (12, 11), (3, 1), (24, 8)])  # 168 .. 768 pairs: 2 .. 6 chunks
+@pytest.mark.parametrize("H,W", [(7, 6), (12, 11), (3, 1), (24, 8), (48, 16)])  # 12 .. 3072 pairs: 1 .. 24 chunks
 def test_inverse_index_kernel_equals_the_stable_sort(H, W, dtype):
     _, affine_hpool, _ = _kernels()
     theta = _index_thetas(7, torch.Generator().manual_seed(31), dtype)
