@@ -117,8 +117,8 @@ def render_page(data, title, subtitle):
         heading = f"{run['short']}: {run['label']}" if len(runs) > 1 else run["label"]
         blocks.append(
             '<div class="run">'
-            f"<h3>{escape(heading)}</h3>{results_table(run)}{info_list(run)}"
-            f"<h4>CMC</h4>{cmc_svg(run)}</div>"
+            f'<h3>{escape(heading)}</h3><div class="table-wrap">{results_table(run)}</div>'
+            f'<div class="run-body"><div><h4>CMC</h4>{cmc_svg(run)}</div>{info_list(run)}</div></div>'
         )
     legend = (
         '<p class="legend"><span><i style="border-color:#1d1d1f"></i>query</span>'
@@ -138,7 +138,7 @@ def render_page(data, title, subtitle):
 </head>
 <body>
 <header><h1>{escape(title)}</h1><p class="sub">{escape(subtitle)}</p></header>
-<section id="summary"><h2>Summary</h2><div class="runs">{"".join(blocks)}</div></section>
+<section id="summary"><h2>Summary</h2>{"".join(blocks)}</section>
 <section id="cameras"><h2>Rank-1 by camera pair</h2>
 <p class="sub">Valid queries by their camera (rows) and the camera of their first match (columns): the
 percentage found at rank 1, and how many queries (n). The corner is the row's rank-1. Click a query camera
