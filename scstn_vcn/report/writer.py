@@ -107,7 +107,7 @@ def _split(items):
     }
 
 
-def _alignment(run, data, query_items, gallery_items):
+def _alignment(run, query_items, gallery_items):
     """{"row", "query": [aligned query thumbnail], "qbox", "match": [gallery index], "gallery", "gbox"} and
     the (path, theta) jobs, or (None, []) when the run has no theta or no spatial row."""
     if run.query_theta is None or run.gallery_theta is None or ALIGN_ROW not in run.results:
@@ -176,7 +176,7 @@ def write_report(folder, runs, query_items, gallery_items, *, title=None, worker
             continue
         entry = run_data(run.label, run.payload, run.results, query_items, gallery_items, run.info)
         entry["short"] = run.short or default_short
-        entry["align"], run_jobs = _alignment(run, entry, query_items, gallery_items)
+        entry["align"], run_jobs = _alignment(run, query_items, gallery_items)
         jobs += run_jobs
         data_runs.append(entry)
 
