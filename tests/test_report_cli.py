@@ -10,6 +10,9 @@ import pytest
 from scstn_vcn.cli import main
 from scstn_vcn.report import read_report
 
+# Two 1-epoch trainings for the study, one for train: about 20 s of CPU for the module.
+pytestmark = pytest.mark.slow
+
 TINY = ["--epochs", "1", "--no-progress", "--set", "data.workers=0", "--set", "eval.workers=0"]
 
 
