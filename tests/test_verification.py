@@ -98,12 +98,13 @@ def test_exclusions_change_the_answer():
     ]
 
 
-def test_all_ties_accept_all_or_nothing():
+@pytest.mark.parametrize("min_buffer", [0, 1 << 20])  # 0: the buffer is compacted among ties
+def test_all_ties_accept_all_or_nothing(min_buffer):
     """Every pair at one distance: the only ROC points are (0, 0) and (1, 1)."""
-    q_pids, g_pids = np.array([0, 1, 2]), np.array([0, 1, 2, 0, 1])
-    ids = (q_pids, np.zeros(3, int), g_pids, np.ones(5, int))
-    dist = np.full((3, 5), 0.25, dtype=np.float32)
-    result = streamed(dist, ids, (0.5, 0.99))
+    q_pids, g_pids = np.arange(30) % 7, np.arange(50) % 7
+    ids = (q_pids, np.zeros(30, int), g_pids, np.ones(50, int))
+    dist = np.full((30, 50), 0.25, dtype=np.float32)
+    result = streamed(dist, ids, (0.5, 0.99), chunk=2, min_buffer=min_buffer)
     for point in result["points"]:
         assert (point["fpr"], point["tpr"], point["threshold"]) == (0.0, 0.0, -math.inf)
     assert_matches_sklearn(result, dist, ids, (0.5, 0.99))

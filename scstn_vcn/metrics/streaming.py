@@ -41,7 +41,7 @@ from .per_query import PerQueryRecorder, check_topk
 from .query_expansion import QueryExpansionConfig, alpha_query_expansion
 from .rank import JUNK_PID, as_1d_array, check_max_rank, no_valid_query_error
 from .rerank import KReciprocalEncoding, RerankConfig
-from .verification import DEFAULT_FPRS, StreamingVerification, check_fprs, verification_row
+from .verification import DEFAULT_FPRS, PairMasks, StreamingVerification, check_fprs, verification_row
 
 DEFAULT_CHUNK_SIZE = 512
 
@@ -224,8 +224,11 @@ def _evaluate_feature_set(
             evaluators[view + suffix + "+rk"] = StreamingRankEvaluator(g_pids, g_camids, cmc_len, device, record_topk)
         del items, found
     # Every row's distances also feed its TPR@FPR accumulator (scstn_vcn.metrics.verification).
+    masks = PairMasks(g_pids, g_camids, device) if fprs else None  # each chunk's pair masks, made once
     verifiers = {
-        key: StreamingVerification(q_pids, q_camids, g_pids, g_camids, fprs, device) for key in evaluators if fprs
+        key: StreamingVerification(q_pids, q_camids, g_pids, g_camids, fprs, device, masks=masks)
+        for key in evaluators
+        if fprs
     }
     gallery = {n: gallery[n].to(device) for n in names}
     g_inv = {n: inverse_norms(g) for n, g in gallery.items()}

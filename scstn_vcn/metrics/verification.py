@@ -121,14 +121,12 @@ def pair_counts(q_pids, q_camids, g_pids, g_camids) -> tuple[int, int]:
     return positives, negatives
 
 
-def _bin_codes(dist: torch.Tensor, keep: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """Histogram bin of each pair: the top bits of its float32 distance clamped at 0 (a monotone map, so
-    the counts below each bin edge are exact), + _NUM_BINS for a positive; discarded pairs go to the
-    spare bin 2 * _NUM_BINS."""
-    bits = dist.to(torch.float32).clamp_min(0.0).view(torch.int32)
-    # & 0x7FFF: -0.0 (the one negative pattern left after the clamp) lands in bin 0 with +0.0.
-    code = ((bits >> (32 - _KEY_BITS)) & (_NUM_BINS - 1)) + (positive.to(torch.int32) << (_KEY_BITS - 1))
-    return torch.where(keep, code, 2 * _NUM_BINS)
+def _bins(values: torch.Tensor) -> torch.Tensor:
+    """Histogram bin (int32) of each distance: the top bits of its float32 pattern, which order like the
+    values for non-negative floats; a negative distance (and -0.0) has a negative pattern and goes to bin
+    0, so the map is monotone and the counts below each bin edge are exact."""
+    bits = values.to(torch.float32).view(torch.int32)
+    return (bits >> (32 - _KEY_BITS)).clamp_min_(0)
 
 
 @functools.cache
@@ -137,6 +135,34 @@ def _bin_upper_thresholds() -> np.ndarray:
     bits = (np.arange(_NUM_BINS, dtype=np.int64) << (32 - _KEY_BITS)) | ((1 << (32 - _KEY_BITS)) - 1)
     with np.errstate(invalid="ignore"):  # the bins past +inf hold NaN patterns; no distance is there
         return bits.astype(np.int32).view(np.float32).astype(np.float64)
+
+
+class PairMasks:
+    """Which (query, gallery) pairs of a chunk the protocol drops, and which are positive: computed once per
+    chunk for every accumulator that shares this object (the rows of one evaluation see the same queries)."""
+
+    def __init__(self, g_pids, g_camids, device=None):
+        g_pids = as_1d_array("g_pids", g_pids)
+        g_camids = as_1d_array("g_camids", g_camids, g_pids.shape[0], "g_pids")
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.g_pids = torch.from_numpy(g_pids).to(self.device)
+        self.g_camids = torch.from_numpy(g_camids).to(self.device)
+        self.junk = self.g_pids == JUNK_PID
+        self._ids = None  # the identities and cameras of the chunk the masks are for
+        self._masks = None
+
+    def __call__(self, q_pids: np.ndarray, q_camids: np.ndarray):
+        """(drop, positive): (B, num_gallery) bool tensors for these queries' identities and cameras."""
+        ids = (q_pids, q_camids)
+        if self._ids is None or not all(np.array_equal(a, b) for a, b in zip(self._ids, ids)):
+            self._masks = None  # free the last chunk's first
+            pids = torch.from_numpy(q_pids).to(self.device)
+            same = pids[:, None] == self.g_pids[None, :]
+            drop = same & (torch.from_numpy(q_camids).to(self.device)[:, None] == self.g_camids[None, :])
+            drop |= self.junk[None, :]
+            same &= ~drop
+            self._ids, self._masks = (q_pids.copy(), q_camids.copy()), (drop, same)
+        return self._masks
 
 
 class StreamingVerification:
@@ -148,6 +174,8 @@ class StreamingVerification:
     each query exactly once, in any order; ``compute()`` returns the points (see the module docstring
     for the definition, equal to scikit-learn's ``roc_curve``) and a thinned ROC curve. The buffer of
     negative distances is compacted when it holds more than m + 1 + max((m + 1) / 4, ``min_buffer``).
+    Accumulators of the same queries and gallery may share one ``masks=PairMasks(g_pids, g_camids, device)``
+    so that each chunk's masks are made once.
     """
 
     def __init__(
@@ -159,20 +187,19 @@ class StreamingVerification:
         fprs: Sequence[float] = DEFAULT_FPRS,
         device=None,
         min_buffer: int = 1 << 20,
+        masks: PairMasks | None = None,
     ):
         self.fprs = check_fprs(fprs)
         if not self.fprs:
             raise ValueError("fprs: give at least one target false positive rate")
         self.num_positive, self.num_negative = pair_counts(q_pids, q_camids, g_pids, g_camids)
-        g_pids = as_1d_array("g_pids", g_pids)
-        g_camids = as_1d_array("g_camids", g_camids, g_pids.shape[0], "g_pids")
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
         if not isinstance(min_buffer, (int, np.integer)) or isinstance(min_buffer, bool) or min_buffer < 0:
             raise ValueError(f"min_buffer must be a non-negative integer, got {min_buffer!r}")
         self.min_buffer = int(min_buffer)
-        self.g_pids = torch.from_numpy(g_pids).to(self.device)
-        self.g_camids = torch.from_numpy(g_camids).to(self.device)
-        self.not_junk = self.g_pids != JUNK_PID
+        self.masks = PairMasks(g_pids, g_camids, device) if masks is None else masks
+        if not np.array_equal(self.masks.g_pids.cpu().numpy(), as_1d_array("g_pids", g_pids)):
+            raise ValueError("masks: a PairMasks of another gallery")
+        self.device = self.masks.device
         self.allowed = [max_false_positives(f, self.num_negative) for f in self.fprs]
         # The m + 1 smallest negatives of the largest target (m < negatives, since every f < 1).
         self.capacity = min(max(self.allowed) + 1, self.num_negative)
@@ -180,12 +207,15 @@ class StreamingVerification:
         self._negatives_size = 0
         self._positives: list[torch.Tensor] = []
         self._bound = math.inf  # a negative at or above it can no longer be among the capacity smallest
+        self._bound_bin = _NUM_BINS - 1  # the bin of the bound: negatives in later bins are above it
+        self._slack = max(self.capacity // 4, self.min_buffer)
+        self._limit = self.capacity + self._slack  # compact when the buffer holds more
+        # negatives' bins, then positives' (+ _NUM_BINS), then one for the dropped pairs
         self._hist = torch.zeros(2 * _NUM_BINS + 1, dtype=torch.int64, device=self.device)
-        self._seen = torch.zeros(2, dtype=torch.int64, device=self.device)  # negatives, positives fed
 
     @property
     def num_gallery(self) -> int:
-        return self.g_pids.shape[0]
+        return self.masks.g_pids.shape[0]
 
     def update(self, dist_chunk: torch.Tensor, q_pids, q_camids) -> None:
         if dist_chunk.dim() != 2 or dist_chunk.shape[1] != self.num_gallery:
@@ -194,44 +224,51 @@ class StreamingVerification:
                 f"got {tuple(dist_chunk.shape)}"
             )
         b = dist_chunk.shape[0]
-        q_pids = torch.as_tensor(as_1d_array("q_pids", q_pids, b, "dist_chunk's rows"), device=self.device)
-        q_camids = torch.as_tensor(as_1d_array("q_camids", q_camids, b, "dist_chunk's rows"), device=self.device)
+        drop, positive = self.masks(
+            as_1d_array("q_pids", q_pids, b, "dist_chunk's rows"),
+            as_1d_array("q_camids", q_camids, b, "dist_chunk's rows"),
+        )
         dist_chunk = dist_chunk.detach().to(self.device)
         rows = max(1, _BLOCK_ELEMENTS // max(1, self.num_gallery))
         for start in range(0, b, rows):
             stop = min(start + rows, b)
-            self._update_block(dist_chunk[start:stop], q_pids[start:stop], q_camids[start:stop])
+            self._update_block(dist_chunk[start:stop], drop[start:stop], positive[start:stop])
 
-    def _update_block(self, dist, q_pids, q_camids):
-        same = q_pids[:, None] == self.g_pids[None, :]
-        keep = self.not_junk[None, :] & ~(same & (q_camids[:, None] == self.g_camids[None, :]))
-        positive = keep & same
-        codes = _bin_codes(dist, keep, positive).view(-1)
-        if codes.numel() < (1 << 16):  # bincount's fixed cost (its 1 MB output) dwarfs a small block
-            self._hist.index_put_((codes.long(),), torch.ones_like(codes, dtype=torch.int64), accumulate=True)
+    def _update_block(self, dist, drop, positive):
+        # bin codes: negatives 0 .. _NUM_BINS - 1, positives + _NUM_BINS, dropped pairs the last bin
+        codes = _bins(dist).add_(positive, alpha=_NUM_BINS).masked_fill_(drop, 2 * _NUM_BINS)
+        flat = codes.view(-1)
+        if flat.numel() < (1 << 16):  # bincount's fixed cost (its 1 MB output) dwarfs a small block
+            self._hist.index_put_((flat.long(),), torch.ones_like(flat, dtype=torch.int64), accumulate=True)
         else:
-            self._hist += torch.bincount(codes, minlength=2 * _NUM_BINS + 1)
-        del codes
-        num_positive = positive.sum()
-        self._seen += torch.stack([keep.sum() - num_positive, num_positive])
-        # NaN is below no bound, so a NaN distance is never accepted.
-        self._positives.append(dist[positive & (dist < self._bound)])
-        fresh = dist[keep & ~same & (dist < self._bound)]
+            self._hist += torch.bincount(flat, minlength=2 * _NUM_BINS + 1)
+        # Candidates by bin first (one int32 comparison; only kept negatives have codes below _NUM_BINS),
+        # then exactly. NaN is below no bound, so a NaN distance is never accepted.
+        fresh = dist[codes <= self._bound_bin]
+        fresh = fresh[fresh < self._bound]
+        del codes, flat
+        positives = dist[positive]
+        self._positives.append(positives[positives < self._bound])
         self._negatives.append(fresh)
         self._negatives_size += fresh.numel()
-        if self._negatives_size > self.capacity + max(self.capacity // 4, self.min_buffer):
+        if self._negatives_size > self._limit:
             self._compact()
 
     def _compact(self):
-        """Keep the capacity smallest negatives (a multiset), and the positives below the new bound."""
+        """Keep every negative not above the capacity-th smallest (so the capacity smallest, as a multiset,
+        are all there), and the positives below the new bound."""
         negatives = torch.cat(self._negatives)
+        self._negatives = []
         if negatives.numel() > self.capacity:
             kth = torch.kthvalue(negatives, self.capacity).values
-            below = negatives[negatives < kth]
-            ties = kth.expand(self.capacity - below.numel())
-            negatives = torch.cat([below, ties])
+            # Ties with kth are kept (they never exceed what this compaction held): the (m + 1)-th
+            # smallest of what is kept is still the (m + 1)-th smallest of all negatives seen.
+            negatives = negatives[negatives <= kth]
             self._bound = float(kth.item())
+            self._bound_bin = int(_bins(kth.reshape(1)).item())
         self._negatives, self._negatives_size = [negatives], negatives.numel()
+        # Ties kept beyond the capacity must not make every later block compact again.
+        self._limit = max(self.capacity, self._negatives_size) + self._slack
         positives = torch.cat(self._positives)
         self._positives = [positives[positives < self._bound]]
 
@@ -239,7 +276,8 @@ class StreamingVerification:
         """{"num_positive_pairs", "num_negative_pairs", "points": [{"target_fpr", "fpr", "tpr",
         "threshold"}] (one per target, ascending), "roc": {"fpr", "tpr", "threshold": float64 arrays}}.
         With no positive or no negative pair the rates are undefined: NaN, and an empty curve."""
-        seen_negative, seen_positive = (int(v) for v in self._seen.tolist())
+        counts = self._hist[: 2 * _NUM_BINS].view(2, _NUM_BINS).sum(1).tolist()
+        seen_negative, seen_positive = (int(v) for v in counts)
         if (seen_negative, seen_positive) != (self.num_negative, self.num_positive):
             raise ValueError(
                 f"StreamingVerification was fed {seen_positive} positive and {seen_negative} negative pairs, "
