@@ -389,6 +389,81 @@ def test_output_cache_setting_is_obeyed_or_named_when_bad(value, tmp_path):
             assert line.startswith("error:") and "SCSTN_VCN_CPU_OUTPUT_CACHE_MB" in line and "'12abc'" in line, line
 
 
+# --- the output cache across fork ---
+
+FORK_PROBE = """
+import os, sys, threading, time
+import torch
+from scstn_vcn import ops
+ok, why = ops.load_native()
+assert ok, why
+N, C = torch.ops.scstn_vcn, torch.ops.scstn_vcn_cache
+hold_ms = int(sys.argv[1])
+
+def rss_anon():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) << 10 for line in status if line.startswith("RssAnon:"))
+
+x = torch.randn(16, 512, 64, 32)  # grad_x: 64 MiB, from the cache
+_, _, argmax = N.channel_pool(x)
+g_mean, g_pool = torch.randn(16, 64, 32), torch.randn(16, 512)
+grad = lambda: N.channel_pool_backward(g_mean, g_pool, argmax, x)
+expected = grad()
+address = grad().data_ptr()  # freed at once: its block is idle, mapped and resident
+print("parent before fork", *C.cpu_output_cache_stats(), flush=True)
+# Another thread holds the cache's lock (as one inside an allocation would) while this one forks.
+holder = threading.Thread(target=C.cpu_output_cache_hold_lock, args=(hold_ms,))
+holder.start()
+time.sleep(min(0.2, hold_ms / 4000))
+read, write = os.pipe()
+rss = rss_anon()
+pid = os.fork()
+if pid == 0:
+    os.close(read)
+    freed = rss - rss_anon()
+    torch.set_num_threads(1)  # as a DataLoader worker does: OpenMP's threads are not in the child (torch's ops hang)
+    idle = C.cpu_output_cache_stats()  # takes the lock: waits forever if the child inherited it locked
+    same = torch.equal(grad(), expected)
+    os.write(write, f"child {idle[0]} {idle[1]} {freed >> 20} {same}".encode())
+    os._exit(0)
+os.close(write)
+holder.join()
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+    time.sleep(0.01)
+if time.monotonic() >= deadline:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+print(os.read(read, 200).decode() or "child hung", flush=True)
+print("parent after fork", *C.cpu_output_cache_stats(), grad().data_ptr() == address, flush=True)
+"""
+
+
+@pytest.mark.skipif(bool(os.environ.get("SCSTN_VCN_CPU_OUTPUT_CACHE_MB")), reason="the output cache is configured")
+@pytest.mark.skipif(not hasattr(os, "fork") or not os.path.exists("/proc/self/status"), reason="fork and /proc")
+def test_a_forked_child_neither_deadlocks_on_the_cache_nor_keeps_its_idle_blocks(tmp_path):
+    """A process forked while another thread holds the cache's lock (here for 1 s, as a thread inside an
+    allocation does for microseconds) gets a usable cache: fork waits for the lock, and the child's first
+    large output does not wait forever. The child starts with no idle blocks: its copies of the parent's
+    64 MiB are unmapped at once (RssAnon falls by that much), and the parent keeps its own and reuses them."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_PROBE, "1000"],
+        cwd=tmp_path,  # not the source tree (see above)
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    mib = 1 << 20
+    assert lines[0] == f"parent before fork 1 {64 * mib} {256 * mib}", lines
+    assert lines[1] != "child hung", lines
+    _, blocks, idle_bytes, freed_mib, same = lines[1].split()
+    assert (blocks, idle_bytes, same) == ("0", "0", "True"), lines
+    assert int(freed_mib) >= 60, lines  # 64 MiB less what the child allocated since
+    assert lines[2] == f"parent after fork 1 {64 * mib} {256 * mib} True", lines
+
+
 # --- errors from C++ name the argument ---
 
 

@@ -13,7 +13,9 @@
 // (mmap'd 2 MiB-aligned, advised MADV_HUGEPAGE). A block whose tensor dies goes back to an idle list,
 // and the next request of the same rounded size takes the most recently freed one (its pages are still
 // mapped, and warmest in cache). Idle blocks are capped at SCSTN_VCN_CPU_OUTPUT_CACHE_MB MiB (default
-// 256; the least recently freed are unmapped first); 0 turns the reuse off (plain at::empty).
+// 256; the least recently freed are unmapped first); 0 turns the reuse off (plain at::empty). A forked
+// child starts with no idle blocks and a free lock (pthread_atfork; see output_cache.cpp), and
+// torch.ops.scstn_vcn_cache.cpu_output_cache_stats() says what the cache holds idle.
 #pragma once
 
 #include <ATen/ATen.h>
