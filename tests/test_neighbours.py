@@ -174,6 +174,8 @@ def test_reranked_evaluation_with_faiss_neighbours_equals_exact_and_reads_memory
             assert flat[row][metric] == pytest.approx(exact[row][metric], abs=1e-6), (row, metric)
     assert flat["fusion+rk"]["neighbours"]["backend"] == "faiss-flat"
     assert flat["fusion+rk"]["neighbours"]["recall_at_9"] == 1.0
+    # the search's time and the recall measurement's are reported apart
+    assert {"seconds", "recall_seconds"} <= set(flat["fusion+rk"]["neighbours"])
     assert exact["fusion+rk"]["neighbours"]["backend"] == "exact"
     with pytest.raises(TypeError, match="neighbours must be a NeighbourSearch or None"):
         evaluate_features(*args, neighbours="faiss-ivf", **kwargs)
