@@ -41,7 +41,17 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def inverse_norms(x: torch.Tensor) -> torch.Tensor:
     """1 / max(|x_i|, eps) per row, in the compute dtype (norms of fp16 rows are taken in fp32)."""
-    return 1.0 / torch.linalg.vector_norm(x.to(compute_dtype(x.dtype)), dim=1).clamp_min(EPS)
+    dtype = compute_dtype(x.dtype)
+    if x.dtype == dtype:
+        return 1.0 / torch.linalg.vector_norm(x, dim=1).clamp_min(EPS)
+    # Upcast in blocks of rows: a float32 copy of a whole (e.g. memory-mapped) half-precision gallery
+    # would take twice its size in memory.
+    norms = torch.empty(x.shape[0], dtype=dtype, device=x.device)
+    for start in range(0, x.shape[0], _CPU_UPCAST_BLOCK):
+        norms[start : start + _CPU_UPCAST_BLOCK] = torch.linalg.vector_norm(
+            x[start : start + _CPU_UPCAST_BLOCK].to(dtype), dim=1
+        )
+    return 1.0 / norms.clamp_min(EPS)
 
 
 def cosine_distance_rows(
