@@ -283,6 +283,61 @@ def cmd_render_extract(args):
     save(args.json, payload)
 
 
+def cmd_extracted_rerank(args):
+    """Exact against approximate re-ranking on the extracted features themselves (the real pipeline's
+    features; small): the rendered set's query images against its gallery, global and fusion."""
+    from scstn_vcn.data import build_dataset
+    from scstn_vcn.engine.feature_shards import extract_to_folder
+    from scstn_vcn.extractor import FeatureExtractor
+    from scstn_vcn.metrics import RerankConfig, evaluate_features
+
+    torch.set_num_threads(args.threads)
+    folder = os.path.join(args.work, "extracted_query")
+    if not os.path.isfile(os.path.join(folder, "features.json")):
+        items = build_dataset("synthetic", os.path.join(args.work, "distractors")).query
+        fe = FeatureExtractor(args.checkpoint, device="cpu", batch_size=64)
+        dims = {name: int(fe.model.feature_dims[name]) for name in fe.feature_names}
+        extract_to_folder(
+            lambda chunk: {k: v.numpy() for k, v in fe.extract(list(chunk)).items()},
+            [item[0] for item in items],
+            folder,
+            dims,
+            pids=[item[1] for item in items],
+            camids=[item[2] for item in items],
+        )
+    query, gallery = open_features(folder), open_features(os.path.join(args.work, "extracted"))
+    ids = (query.pids, gallery.pids, query.camids, gallery.camids)
+    out = {}
+    for backend in ("exact", "faiss-ivf"):
+        search = NeighbourSearch(backend, nprobe=args.nprobe, nlist=args.nlist, codes=args.codes, recall_sample=500)
+        begin = time.perf_counter()
+        results = evaluate_features(
+            query.feats, gallery.feats, *ids, rerank=RerankConfig(), neighbours=search, fprs=None
+        )
+        out[backend] = {
+            "seconds": round(time.perf_counter() - begin, 2),
+            "rows": {
+                row: {
+                    "rank1": round(100 * r["rank1"], 2),
+                    "mAP": round(100 * r["mAP"], 2),
+                    **({"neighbours": r["neighbours"]} if "neighbours" in r else {}),
+                }
+                for row, r in results.items()
+            },
+        }
+    delta = {
+        row: {m: round(out["faiss-ivf"]["rows"][row][m] - out["exact"]["rows"][row][m], 2) for m in ("rank1", "mAP")}
+        for row in out["exact"]["rows"]
+    }
+    payload = {
+        "case": f"{query.num_items} x {gallery.num_items} extracted features",
+        "results": out,
+        "ivf_minus_exact": delta,
+    }
+    print(json.dumps(payload, indent=1, default=str))
+    save(args.json, json.loads(json.dumps(payload, default=str)))
+
+
 def cmd_calibrate(args):
     extracted = open_features(os.path.join(args.work, "extracted"))
     target = {}
@@ -379,6 +434,13 @@ def main():
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--images", type=int, default=3000)
     p.add_argument("--json")
+    p = sub.add_parser("extracted-rerank")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--nprobe", type=int, default=4)
+    p.add_argument("--nlist", type=int)
+    p.add_argument("--codes", default="SQ8")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json")
     p = sub.add_parser("calibrate")
     p.add_argument("--branch", default="global")
     p.add_argument("--ranks", type=lambda t: [int(v) for v in t.split(",")], default=[16, 32, 64, 128])
@@ -401,9 +463,9 @@ def main():
     p.add_argument("--json")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
-    {"render-extract": cmd_render_extract, "calibrate": cmd_calibrate, "generate": cmd_generate, "eval": cmd_eval}[
-        args.step
-    ](args)
+    steps = {"render-extract": cmd_render_extract, "extracted-rerank": cmd_extracted_rerank}
+    steps.update({"calibrate": cmd_calibrate, "generate": cmd_generate, "eval": cmd_eval})
+    steps[args.step](args)
 
 
 if __name__ == "__main__":
