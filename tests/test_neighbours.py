@@ -194,3 +194,11 @@ def test_auto_is_exact_up_to_its_size_and_ivf_above(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     _, report = find_neighbours(items, {"global": ("global",)}, 5)
     assert report["backend"] == "exact"  # without faiss, auto falls back to the exact pass
+
+
+def test_default_train_size():
+    from scstn_vcn.metrics.neighbours import default_train_size
+
+    assert default_train_size(519_281, 2048, 2048) == 64 * 2048  # 1 GiB of 2,048-d vectors
+    assert default_train_size(2_362_447, 8192, 14336) == 39 * 8192  # faiss's minimum wins over the cap
+    assert default_train_size(1000, 8, 16) == 512 and default_train_size(100, 8, 16) == 100

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .feature_store import FeatureSet, FeatureStoreError, open_features, write_json_atomically
-from .neighbours import default_nlist, import_faiss
+from .neighbours import default_nlist, default_train_size, import_faiss
 
 FORMAT = "scstn-vcn-index"
 VERSION = 1
@@ -73,7 +73,7 @@ class GalleryIndex:
     @classmethod
     def build(cls, folder, view: Sequence[str] | None = None, kind="auto", nlist=None, codes="SQ8", **options):
         """An index over the feature folder ``folder``: the view (default every branch) trained (IVF) on up
-        to ``train_size`` rows (default 64 nlist) drawn with ``seed``."""
+        to ``train_size`` rows (default ``neighbours.default_train_size``) drawn with ``seed``."""
         faiss = import_faiss()
         features = open_features(folder, view)
         view = list(view or features.branches)
@@ -84,7 +84,11 @@ class GalleryIndex:
             ivf = faiss.extract_index_ivf(index)
             if ivf.nlist > features.num_items:
                 raise ValueError(f"nlist {ivf.nlist} is larger than the number of items {features.num_items}")
-            size = min(features.num_items, options.get("train_size") or 64 * ivf.nlist)
+            width = sum(dims.values())
+            size = min(
+                features.num_items,
+                options.get("train_size") or default_train_size(features.num_items, ivf.nlist, width),
+            )
             rng = np.random.default_rng(options.get("seed", 0))
             rows = np.sort(rng.choice(features.num_items, size=size, replace=False))
             sample = {name: features.feats[name][rows] for name in view}

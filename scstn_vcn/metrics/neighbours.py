@@ -103,6 +103,12 @@ def check_codes(codes: str) -> str:
     raise ValueError(f"codes must be Flat, SQ8, SQ4, SQfp16 or PQ<m> (faiss's names), got {codes!r}")
 
 
+def default_train_size(num_items: int, nlist: int, width: int) -> int:
+    """Rows an IVF's k-means trains on: 64 a list, but no more than 1 GiB of float32 vectors unless faiss's
+    minimum of 39 a list needs more; at most the number of items."""
+    return min(num_items, 64 * nlist, max(39 * nlist, (1 << 28) // max(width, 1)))
+
+
 def default_nlist(num_items: int) -> int:
     """About 4 sqrt(N) lists, a power of two (faiss's guideline of 4 to 16 sqrt(N)), at least 1 and at most
     N / 39 (faiss wants 39 training points a list)."""
@@ -119,7 +125,7 @@ class NeighbourSearch:
     (faiss-ivf); ``nlist`` lists (None: ``default_nlist(N)``); ``codes`` the IVF's vector codes (Flat, SQ8,
     SQ4, SQfp16, PQ<m>); ``rescore`` candidates per neighbour re-scored exactly (None: ``default_rescore``);
     ``far_k`` candidates for the row maximum, from ``far_nprobe`` lists; ``train_size`` rows the IVF trains on
-    (None: min(N, 64 nlist)); ``recall_sample`` rows on which recall is measured (0: not measured); ``seed``
+    (None: ``default_train_size``); ``recall_sample`` rows on which recall is measured (0: not measured); ``seed``
     for the samples.
     """
 
@@ -254,7 +260,7 @@ class _FaissView:
             self.gpu_resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self.gpu_resources, items.device.index or 0, index)
         if not index.is_trained:
-            train_size = min(n, search.train_size or 64 * self.nlist)
+            train_size = min(n, search.train_size or default_train_size(n, self.nlist, width))
             rng = np.random.default_rng(search.seed)
             sample = np.sort(rng.choice(n, size=train_size, replace=False))
             train = np.concatenate(
