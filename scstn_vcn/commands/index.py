@@ -32,7 +32,7 @@ def add_arguments(parser):
         help="the features the distance sums (default all of the folder's: the fusion)",
     )
     parser.add_argument(
-        "--train-size", type=int, metavar="N", help="IVF training rows (default 64 nlist, at most 1 GiB unless 39 nlist)"
+        "--train-size", type=int, metavar="N", help="IVF training rows (default 64 nlist, at most 1 GiB but 39 nlist)"
     )
     parser.add_argument("--threads", type=int, metavar="N", help="faiss threads (default: all cores)")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
