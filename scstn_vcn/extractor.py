@@ -37,7 +37,7 @@ class FeatureExtractor:
     backend      ops backend for the fused ops: "eager", "native", "triton", or None for the
                  process-wide setting (scstn_vcn.ops.set_backend; "eager" unless changed). A backend
                  that cannot run on the device raises BackendUnavailableError saying why.
-    batch_size   images per forward pass.
+    batch_size   images per forward pass, 1 to 4,096 (configs.MAX_BATCH).
     amp          "bf16" | "fp16" | "off": autocast on CUDA (the CPU always runs float32).
     """
 

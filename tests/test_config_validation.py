@@ -137,3 +137,13 @@ def test_a_cuda_device_this_machine_lacks_is_named(monkeypatch):
     assert resolve_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(ValueError, match=r"--device cuda:7: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
         resolve_device("cuda:7")
+
+
+@pytest.mark.parametrize("batch_size", [0, 4097, 10**6, 2.0])
+def test_the_feature_extractors_batch_size_is_bounded_too(batch_size, tmp_path):
+    """FeatureExtractor's batch_size (extract's and search's --batch-size) has eval.batch_size's range; it is
+    checked before the file is even opened."""
+    from scstn_vcn import FeatureExtractor
+
+    with pytest.raises(ValueError, match=r"batch_size must be an integer from 1 to 4096, got "):
+        FeatureExtractor(tmp_path / "no-such-model.safetensors", device="cpu", batch_size=batch_size)
