@@ -134,7 +134,7 @@ def test_exact_backend_is_the_blocked_pass():
 
 
 def test_bad_settings_are_one_clear_error(monkeypatch):
-    with pytest.raises(ValueError, match="neighbour backend must be one of exact, faiss-flat, faiss-ivf, got 'hnsw'"):
+    with pytest.raises(ValueError, match="backend must be one of auto, exact, faiss-flat, faiss-ivf, got 'hnsw'"):
         NeighbourSearch("hnsw")
     with pytest.raises(ValueError, match="nprobe must be a positive integer, got 0"):
         NeighbourSearch("faiss-ivf", nprobe=0)
