@@ -325,9 +325,11 @@ def faiss_neighbours(items: ItemFeatures, branches, k: int, search: NeighbourSea
         sq_max[start:stop] = peak * peak
     del view
     short = torch.cat(short)
-    if short.numel():
-        # too few candidates in the probed lists: these rows are searched exactly
-        values[short], index[short], sq_max[short] = exact_rows(items, branches, short, k)
+    for first in range(0, short.numel(), 1024):
+        # too few candidates in the probed lists: these rows are searched exactly (in groups: each group's
+        # features and (group, block) distances are in memory)
+        part = short[first : first + 1024]
+        values[part], index[part], sq_max[part] = exact_rows(items, branches, part, k)
     return Neighbours(index=index, distance=values, sq_max=sq_max)
 
 
