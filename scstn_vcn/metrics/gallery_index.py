@@ -38,6 +38,8 @@ DEFAULT_NPROBE = 32
 DEFAULT_RESCORE = 4
 # rows normalised and added to the index at a time
 _ADD_ROWS = 16384
+# candidate feature elements re-scored at a time (2^25 float64 = 256 MiB)
+_RESCORE_ELEMENTS = 1 << 25
 
 
 def index_factory_for(num_items: int, kind: str = "auto", nlist: int | None = None, codes: str = "SQ8") -> str:
@@ -241,10 +243,20 @@ class GalleryIndex:
                     f"the query features must give {name!r} of dimension {dim} (the index's view "
                     f"{self.view}), got {None if x is None else np.shape(x)}"
                 )
-        q = normalised_view(
-            {n: np.asarray(query[n]) for n in self.view}, self.view, 0, np.shape(query[self.view[0]])[0]
-        )
         fetch = min(self.num_items, k * (1 if self.meta["factory"] == "Flat" else max(1, rescore)))
+        count = np.shape(query[self.view[0]])[0]
+        # queries in blocks: a block's candidates' features (block x fetch x D float64) are in memory
+        step = max(1, _RESCORE_ELEMENTS // (fetch * sum(self.meta["dims"].values())))
+        parts = [
+            self._search_block({n: np.asarray(query[n][s : s + step]) for n in self.view}, k, fetch)
+            for s in range(0, count, step)
+        ]
+        if not parts:
+            return np.zeros((0, k)), np.zeros((0, k), dtype=np.int64)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _search_block(self, query: dict, k: int, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        q = normalised_view(query, self.view, 0, query[self.view[0]].shape[0])
         _, cand = self.index.search(q, fetch)
         valid = cand >= 0
         sim = np.zeros(cand.shape, dtype=np.float64)
@@ -259,7 +271,7 @@ class GalleryIndex:
             sim[valid] += np.einsum("pd,pd->p", qn[owner], g)
         dist = np.where(valid, len(self.view) - sim, np.inf)
         ids = np.where(valid, cand, np.iinfo(np.int64).max)
-        order = np.lexsort((ids, dist), axis=1)[:, :k] if dist.shape[0] else np.zeros((0, k), np.int64)
+        order = np.lexsort((ids, dist), axis=1)[:, :k]
         dist = np.take_along_axis(dist, order, 1)
         ids = np.take_along_axis(ids, order, 1)
         ids[~np.isfinite(dist)] = -1
