@@ -155,10 +155,9 @@ def nearest_neighbours(
         for name in views
     }
     row_max = {name: torch.full((n,), -float("inf"), dtype=dtype, device=device) for name in views}
-    # Ranges never span the query / gallery boundary, so that a range's features are a view, not a copy.
-    q = items.num_query
-    starts = sorted(set(range(0, q, block_size)) | set(range(q, n, block_size)))
-    ranges = [(start, stop) for start, stop in zip(starts, starts[1:] + [n], strict=True)]
+    # Ranges never span the query / gallery boundary, so that a range's features are a view, not a copy;
+    # each set is cut into ranges of equal size (none left short: GEMMs of short ranges run slower).
+    ranges = _equal_ranges(0, items.num_query, block_size) + _equal_ranges(items.num_query, n, block_size)
     blocks = _BlockBuffers(items, views, needed, max(stop - start for start, stop in ranges))
 
     def view_blocks(rows, cols, unit_rows, unit_cols):
@@ -217,6 +216,15 @@ def nearest_neighbours(
         found[name] = Neighbours(index=index, distance=values, sq_max=peak.mul_(peak))
         found[name].check(items, views[name])
     return found
+
+
+def _equal_ranges(start: int, stop: int, most: int) -> list[tuple[int, int]]:
+    """[start, stop) cut into the fewest ranges of at most ``most`` items, of sizes differing by at most 1."""
+    parts = -(-(stop - start) // most)
+    if parts < 1:
+        return []
+    bounds = [start + (stop - start) * p // parts for p in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def _update_max(running: torch.Tensor, new: torch.Tensor) -> None:

@@ -28,22 +28,27 @@ Bounded memory. Nothing of size N x N exists at any time:
 
 1. ``knn.nearest_neighbours``: one pass over blocks of the distance matrix gives each item's k1 + 1
    nearest items (exact, ties by index) with their distances, and each row's maximum of D^2.
-2. R(i, k1), R(c, h): reciprocity is a lookup of the pair (j, i) among the sorted keys j * N + m of all
-   neighbour lists. R*(i) is built for a block of rows at a time as the union of at most
-   (k1 + 1)(h + 2) candidates; V and V_qe are ``SparseRows`` (CSR) with |R*(i)| (about 1.5 k1) and at
-   most k2 |R*| entries a row.
+2. R(i, k1), R(c, h): j = index[i, p] is reciprocal when i is among j's first k + 1, a comparison with
+   j's gathered list (a chunk of rows at a time). R*(i) is built for a chunk of rows at a time as the
+   union of at most (k1 + 1)(h + 2) candidates (the test c's R(c, h) against R(i, k1) reads flags over
+   the items set for the chunk's R(i, k1)); V and V_qe are ``SparseRows`` (CSR) with |R*(i)| (about
+   1.5 k1) and at most k2 |R*| entries a row.
 3. D^[i, j] for j in R*(i) is the neighbour list's distance when j is among i's k1 + 1 nearest, else it
    is computed from the two items' features (only the pairs that need it).
 4. Query chunks: for queries [s, e) the caller's (chunk, g) distances give D^; m is accumulated through
    an inverted index of the gallery's V_qe (for each column k the gallery items with V_qe[j, k] != 0):
    each stored entry (i, k) of a query adds min(V_qe[i, k], V_qe[j, k]) to m[i, j] for the gallery
-   items j of column k, in steps of at most max(chunk * g / 8, g) pairs. Gallery items that share no
-   column with the query keep m = 0, J = 1.
+   items j of column k, in steps of at most max(chunk * g / 8, g) pairs (32-bit pair indices where they
+   fit). Gallery items that share no column with the query keep m = 0, J = 1.
 
-Peak extra memory: O(N k1 (h + 2)) for the neighbour lists, keys and sparse rows, plus
-O(block^2) for the distance blocks (block ~ sqrt(chunk * N), at most 4096: no more than a chunk's
-distances) and O(chunk * g) for a query chunk (its D^, m, and the final distances). Everything is
-torch code that runs on the tensors' device, CPU or CUDA.
+Cost: one GEMM over half the N^2 distances (the symmetric minimum, plus 1/8 of a block per range on the
+diagonal); everything else is linear in N (the neighbour lists, the encoding) or in the number of
+(query, gallery) pairs (the final mix, and the Jaccard pairs that share a column).
+
+Peak extra memory: O(N k1 (h + 2)) for the neighbour lists and sparse rows, plus O(block^2) for the
+distance blocks (block ~ sqrt(chunk * N), at most 4096: no more than a chunk's distances; the buffers are
+reused from block to block) and O(chunk * N) for a chunk (its D^, m, the final distances, the membership
+flags). Everything is torch code that runs on the tensors' device, CPU or CUDA.
 
 Rounding. Results equal the dense reference up to float rounding (sums in another order, a distance
 computed by another kernel); the neighbour lists are exact for the distances as computed. On the CPU
