@@ -255,13 +255,14 @@ def _short(path, limit=16):
 def roc_figure(rows, path, title="verification ROC"):
     """TPR against FPR (log scale) of each evaluation row, from results.json's "verification" rows
     ({name: {"roc": {"fpr", "tpr", "threshold"}, "points": [...]}}, scstn_vcn.engine.open_set); each
-    reported point (TPR at a target FPR) is marked and labelled with its TPR and distance threshold.
+    reported point (TPR at a target FPR) is marked, and the legend gives its TPR and distance threshold.
     A re-ranked row ("+rk") is drawn dashed in its plain row's colour."""
     if not rows:
         raise ValueError("ROC figure: no verification rows to draw (evaluate with eval.fprs set)")
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    fig, ax = plt.subplots(figsize=(7.2, 4.8))
     colours = {}
     lowest = 1.0
+    targets = []
     for name, row in rows.items():
         fpr = np.array([np.nan if v is None else v for v in row["roc"]["fpr"]], dtype=np.float64)
         tpr = np.array([np.nan if v is None else v for v in row["roc"]["tpr"]], dtype=np.float64)
@@ -270,30 +271,32 @@ def roc_figure(rows, path, title="verification ROC"):
             continue
         lowest = min(lowest, float(fpr[shown].min()))
         base = name.split("+", 1)[0]
+        points = [p for p in row["points"] if p["tpr"] is not None]
+        targets = targets or [p["target_fpr"] for p in points]
+        rates = "/".join(f"{100 * p['tpr']:.1f}" for p in points)
+        cuts = "/".join("none" if p["threshold"] is None else f"{p['threshold']:.3f}" for p in points)
+        label = f"{name}: TPR {rates} %, d ≤ {cuts}"
         style = "--" if "+rk" in name else "-"
-        (line,) = ax.plot(fpr[shown], tpr[shown], style, color=colours.get(base), label=name, linewidth=1.4)
+        (line,) = ax.plot(fpr[shown], tpr[shown], style, color=colours.get(base), label=label, linewidth=1.4)
         colours.setdefault(base, line.get_color())
-        for point in row["points"]:
-            if point["fpr"] is None or point["tpr"] is None or point["fpr"] <= 0:
-                continue
-            ax.plot(point["fpr"], point["tpr"], "o", color=line.get_color(), markersize=4)
-            threshold = "none" if point["threshold"] is None else f"{point['threshold']:.3f}"
-            ax.annotate(
-                f"{100 * point['tpr']:.1f}% (d≤{threshold})",
-                (point["fpr"], point["tpr"]),
-                textcoords="offset points",
-                xytext=(4, -9),
-                fontsize=6,
-                color=line.get_color(),
-            )
+        marked = [(p["fpr"], p["tpr"]) for p in points if p["fpr"] is not None and p["fpr"] > 0]
+        if marked:
+            ax.plot(*zip(*marked), "o", color=line.get_color(), markersize=4)
+    for target in targets:
+        ax.axvline(target, color="grey", linewidth=0.6, linestyle=":")
     ax.set_xscale("log")
     ax.set_xlim(lowest / 1.5, 1.0)
     ax.set_ylim(0.0, 1.02)
     ax.set_xlabel("false positive rate (different people accepted)")
     ax.set_ylabel("true positive rate (same person accepted)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(title + " — labels: TPR (distance threshold) at each target FPR", fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    from scstn_vcn.metrics.verification import fpr_label
+
+    at = "/".join(fpr_label(t) for t in targets)
+    ax.legend(
+        fontsize=7, loc="lower right", title=f"at FPR {at} (dotted): TPR and distance threshold", title_fontsize=7
+    )
+    ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
 
 
