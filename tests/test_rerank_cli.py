@@ -49,7 +49,8 @@ def planted(monkeypatch, tmp_path):
     def load_model_for_inference(args, need_data=True, with_source=False):
         config = load_config(None, config_overrides(args))
         loaded = (config, None, None, torch.device("cpu"))
-        return loaded + (SimpleNamespace(config=config),) if with_source else loaded
+        # a model file without a training-set record (identity): eval falls back to the config's data sets
+        return loaded + (SimpleNamespace(config=config, identity={}),) if with_source else loaded
 
     def items(split):
         return [Item(f"{i}.jpg", int(p), int(c)) for i, (p, c) in enumerate(zip(split["pids"], split["camids"]))]
