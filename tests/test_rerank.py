@@ -11,7 +11,7 @@ import torch
 from dense_rerank import all_distances, k_reciprocal_dense
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from scstn_vcn.metrics import RerankConfig, evaluate_features, evaluate_rank_full, k_reciprocal_rerank
+from scstn_vcn.metrics import RerankConfig, evaluate_features, evaluate_rank_full, k_reciprocal_rerank, knn
 from scstn_vcn.metrics.item_features import ItemFeatures
 from scstn_vcn.metrics.knn import nearest_neighbours, smallest_k
 from scstn_vcn.metrics.rerank import KReciprocalEncoding
@@ -270,15 +270,19 @@ def test_expansion_k_rounds_half_to_even_like_numpy(k1):
     assert RerankConfig(k1, 1).expansion_k == int(np.around(k1 / 2.0))
 
 
+@pytest.mark.parametrize("onednn", [True, False])
 @pytest.mark.parametrize("block", [2, 5, 13, 200])
-def test_nearest_neighbours_match_a_full_stable_sort(block):
-    """Exact top-k in blocks, on distances with many exact ties (and duplicates), equals a stable argsort."""
+def test_nearest_neighbours_match_a_full_stable_sort(block, onednn, monkeypatch):
+    """Exact top-k in blocks, on distances with many exact ties (and duplicates), equals a stable argsort,
+    with the CPU's oneDNN product and with torch's GEMM (where oneDNN is missing, and on CUDA)."""
+    monkeypatch.setitem(knn._ONEDNN, "usable", None if onednn else False)
     rng = np.random.default_rng(block)
     x, _ = exact_clustered(rng, 61, copies=9)
     items = ItemFeatures({"f": torch.from_numpy(x[:20])}, {"f": torch.from_numpy(x[20:])})
     dist = all_distances({"f": x[:20]}, {"f": x[20:]})
     for k in (1, 2, 7, 61):
         got = nearest_neighbours(items, {"v": ("f",)}, k, block)["v"]
+        assert knn._ONEDNN["usable"] is (onednn or False)  # the path under test was taken
         expected = np.argsort(dist, axis=1, kind="stable")[:, :k]
         np.testing.assert_array_equal(got.index.numpy(), expected)
         np.testing.assert_array_equal(got.distance.numpy(), np.take_along_axis(dist, expected, 1).astype(np.float32))
