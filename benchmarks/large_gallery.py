@@ -191,7 +191,7 @@ def labels(num_gallery, seed=0):
     q_pids = np.sort(rng.integers(1, MARKET_IDS, NUM_QUERY))
     g_pids = np.concatenate(
         [
-            np.repeat(np.arange(1, MARKET_IDS), 17)[: MARKET_GALLERY - 1163],
+            np.resize(np.repeat(np.arange(1, MARKET_IDS), 20), MARKET_GALLERY - 1163),  # ~19.7 an identity
             MARKET_IDS + np.arange(1163),  # Market's distractor boxes: identities of their own
             2 * MARKET_IDS + 1163 + np.arange(num_gallery - MARKET_GALLERY) // 5,
         ]
