@@ -6,6 +6,8 @@ the full distance matrix.
     python benchmarks/verification_scale.py --scale msmt17 --dims 256 --json verification-msmt17.json
     # Market-1501 scale, and the check against scikit-learn on the (q, g) matrix of each row
     python benchmarks/verification_scale.py --scale market1501 --dims 256 --check --json verification-market.json
+    # per chunk, the accumulator against the ranking's own update, interleaved (robust to a changing load)
+    python benchmarks/verification_scale.py --scale msmt17 --dims 256 --per-chunk 6 --json verification-chunks.json
 
 Features: benchmarks/rerank_scale.py's random clustered features (one centre per identity, noise around it).
 Both runs are one call of evaluate_features each, in the same process, "without" first; memory is the peak
@@ -17,13 +19,14 @@ import datetime
 import os
 import platform
 import sys
+import time
 
 import numpy as np
 import torch
 from bench_utils import write_json
 from rerank_scale import SCALES, _dims, make_data, measured
 
-from scstn_vcn.metrics import cosine_distance, evaluate_features
+from scstn_vcn.metrics import StreamingRankEvaluator, cosine_distance, evaluate_features
 from scstn_vcn.metrics.verification import DEFAULT_FPRS, StreamingVerification, fpr_label
 
 
@@ -35,6 +38,12 @@ def parse_args(argv=None):
     parser.add_argument("--spread", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check", action="store_true", help="compare every row with scikit-learn's roc_curve")
+    parser.add_argument(
+        "--per-chunk",
+        type=int,
+        metavar="N",
+        help="instead: time N query chunks of one row, the ranking's update and the accumulator's interleaved",
+    )
     parser.add_argument("--json", required=True)
     return parser.parse_args(argv)
 
@@ -54,8 +63,40 @@ def sklearn_points(dist, ids, fprs):
     return out
 
 
+def per_chunk_times(args, doc):
+    """Median seconds per chunk of StreamingRankEvaluator.update and StreamingVerification.update on the same
+    distances, alternating, so that a changing machine load falls on both alike."""
+    num_query, num_gallery, num_ids, num_cams = SCALES[args.scale]
+    query, gallery, (q_pids, g_pids, q_camids, g_camids) = make_data(
+        num_query, num_gallery, num_ids, num_cams, args.dims[:1], args.spread, args.seed
+    )
+    rank = StreamingRankEvaluator(g_pids, g_camids)
+    verification = StreamingVerification(q_pids, q_camids, g_pids, g_camids)
+    times = {"rank": [], "verification": []}
+    for number in range(args.per_chunk):
+        rows = slice(number * args.chunk_size, (number + 1) * args.chunk_size)
+        dist = cosine_distance(query["global"][rows], gallery["global"])
+        for name, accumulator in (("rank", rank), ("verification", verification)):
+            start = time.perf_counter()
+            accumulator.update(dist, q_pids[rows], q_camids[rows])
+            times[name].append(time.perf_counter() - start)
+    doc["per_chunk_seconds"] = {name: times[name] for name in times}
+    doc["median_ratio"] = round(float(np.median(times["verification"]) / np.median(times["rank"])), 3)
+    print(f"per chunk: rank {np.median(times['rank']):.2f} s, verification {np.median(times['verification']):.2f} s")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.per_chunk:
+        doc = {
+            "command": "python benchmarks/verification_scale.py " + " ".join(argv or sys.argv[1:]),
+            "load_average_at_start": os.getloadavg(),
+            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        per_chunk_times(args, doc)
+        doc["load_average_at_end"] = os.getloadavg()
+        write_json(args.json, doc)
+        return 0
     num_query, num_gallery, num_ids, num_cams = SCALES[args.scale]
     query, gallery, ids = make_data(num_query, num_gallery, num_ids, num_cams, args.dims, args.spread, args.seed)
     names = ("global", "spatial")[: len(args.dims)]

@@ -242,6 +242,12 @@ class StreamingVerification:
             self._hist.index_put_((flat.long(),), torch.ones_like(flat, dtype=torch.int64), accumulate=True)
         else:
             self._hist += torch.bincount(flat, minlength=2 * _NUM_BINS + 1)
+        if self._bound_bin > 0:
+            # Once `capacity` negatives lie in bins <= b, every negative in a later bin is larger than all of
+            # them (equal values share a bin), so none of those can be among the capacity smallest: the
+            # histogram tightens the candidates' bin after every block, between compactions.
+            reached = torch.searchsorted(torch.cumsum(self._hist[:_NUM_BINS], 0), self.capacity)
+            self._bound_bin = min(self._bound_bin, int(reached))
         # Candidates by bin first (one int32 comparison; only kept negatives have codes below _NUM_BINS),
         # then exactly. NaN is below no bound, so a NaN distance is never accepted.
         fresh = dist[codes <= self._bound_bin]
@@ -265,7 +271,7 @@ class StreamingVerification:
             # smallest of what is kept is still the (m + 1)-th smallest of all negatives seen.
             negatives = negatives[negatives <= kth]
             self._bound = float(kth.item())
-            self._bound_bin = int(_bins(kth.reshape(1)).item())
+            self._bound_bin = min(self._bound_bin, int(_bins(kth.reshape(1)).item()))
         self._negatives, self._negatives_size = [negatives], negatives.numel()
         # Ties kept beyond the capacity must not make every later block compact again.
         self._limit = max(self.capacity, self._negatives_size) + self._slack
