@@ -426,6 +426,35 @@ def cmd_eval(args):
     save(args.json, json.loads(json.dumps(payload, default=str)))
 
 
+def cmd_neighbours(args):
+    """Only re-ranking's neighbour search (k1 + 1 = 21) with its measured recall, over queries + gallery."""
+    from scstn_vcn.metrics.item_features import ItemFeatures
+    from scstn_vcn.metrics.neighbours import find_neighbours
+
+    torch.set_num_threads(args.threads)
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    base = os.path.join(args.work, args.name)
+    query, gallery = open_features(os.path.join(base, "query")), open_features(os.path.join(base, "gallery"))
+    search = NeighbourSearch(
+        "faiss-ivf", nprobe=args.nprobe, codes=args.codes, train_size=args.train_size, recall_sample=args.recall_sample
+    )
+    with MemorySampler() as memory:
+        begin = time.perf_counter()
+        items = ItemFeatures(query.feats, gallery.feats)
+        _, report = find_neighbours(items, {"global": ("global",)}, RECALL_K, search)
+        seconds = time.perf_counter() - begin
+    payload = {
+        "case": f"{query.num_items} + {gallery.num_items} items, {args.name}: k1 + 1 = {RECALL_K} neighbours",
+        "seconds": round(seconds, 1),
+        "memory": memory.report(),
+        "report": report,
+    }
+    print(json.dumps(payload, indent=1, default=str))
+    save(args.json, json.loads(json.dumps(payload, default=str)))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/work/bigdata/large_gallery", help="folder for the big data")
@@ -439,6 +468,14 @@ def main():
     p.add_argument("--nprobe", type=int, default=4)
     p.add_argument("--nlist", type=int)
     p.add_argument("--codes", default="SQ8")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json")
+    p = sub.add_parser("neighbours")
+    p.add_argument("--name", default="market500k")
+    p.add_argument("--nprobe", type=int, default=16)
+    p.add_argument("--codes", default="SQ8")
+    p.add_argument("--train-size", type=int)
+    p.add_argument("--recall-sample", type=int, default=500)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json")
     p = sub.add_parser("calibrate")
@@ -464,7 +501,7 @@ def main():
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     steps = {"render-extract": cmd_render_extract, "extracted-rerank": cmd_extracted_rerank}
-    steps.update({"calibrate": cmd_calibrate, "generate": cmd_generate, "eval": cmd_eval})
+    steps.update({"calibrate": cmd_calibrate, "generate": cmd_generate, "eval": cmd_eval, "neighbours": cmd_neighbours})
     steps[args.step](args)
 
 
