@@ -233,13 +233,13 @@ def _update_max(running: torch.Tensor, new: torch.Tensor) -> None:
 
 class _BlockBuffers:
     """The distance blocks of one pair of ranges for every branch and view, in buffers reused from block to
-    block (a fresh block of this size would be allocated and page-faulted each time)."""
+    block (a fresh block of this size would be allocated and page-faulted each time). oneDNN's product
+    comes in a tensor of its own: the branch buffers are then never made."""
 
     def __init__(self, items: ItemFeatures, views, needed, side: int):
-        self.items, self.views, self.needed = items, views, needed
-        make = lambda: torch.empty(side * side, dtype=items.dtype, device=items.device)  # noqa: E731
-        self.branch = {b: make() for b in needed}
-        self.view = {name: make() for name, branches in views.items() if len(branches) > 1}
+        self.items, self.views, self.needed, self.side = items, views, needed, side
+        self.branch = {}
+        self.view = {name: self._make() for name, branches in views.items() if len(branches) > 1}
         self.flags = torch.empty(side * side, dtype=torch.bool, device=items.device)
         self.one = torch.ones((), dtype=items.dtype, device=items.device)
 
@@ -254,6 +254,8 @@ class _BlockBuffers:
             if product is not None:
                 branch[b] = torch.sub(self.one, product, out=product)
             else:  # in the GEMM itself (beta = 1 on a broadcast 1, alpha = -1), into the reused buffer
+                if b not in self.branch:
+                    self.branch[b] = self._make()
                 out = self.branch[b][:size].view(shape)
                 branch[b] = torch.addmm(self.one, unit_rows[b], unit_cols[b].T, alpha=-1, out=out)
         for name, branches in self.views.items():
@@ -264,6 +266,9 @@ class _BlockBuffers:
             for b in branches[2:]:
                 block.add_(branch[b])
             yield name, block
+
+    def _make(self) -> torch.Tensor:
+        return torch.empty(self.side * self.side, dtype=self.items.dtype, device=self.items.device)
 
     def mask(self, shape) -> torch.Tensor:
         return self.flags[: shape[0] * shape[1]].view(shape)
