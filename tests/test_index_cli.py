@@ -60,7 +60,7 @@ def folders(tmp_path_factory):
 
 def _search(base, index, *more):
     out = base / "results.json"
-    argv = ["search", "--checkpoint", "unused", "--index", str(index), "--query-features", str(base / "query")]
+    argv = ["search", "--index", str(index), "--query-features", str(base / "query")]
     assert main(argv + ["--topk", "10", "--results", str(out), *more]) == 0
     found = json.loads(out.read_text())["queries"]
     return np.array([q["items"] for q in found]), np.array([q["distances"] for q in found])
@@ -122,16 +122,19 @@ def test_bad_input_is_one_clear_error(folders, tmp_path, capsys):
     fails(["index", "--features", str(base / "nope"), "--output", str(tmp_path / "x")], "no such feature folder")
     fails(["index", "--features", str(base / "gallery"), "--output", str(tmp_path / "x"), "--nprobe", "0"], "--nprobe")
     fails(["index", "--features", str(base / "gallery"), "--output", str(tmp_path / "x"), "--codes", "LSH"], "codes")
-    query = ["search", "--checkpoint", "unused", "--index", str(index), "--query-features", str(base / "query")]
+    query = ["search", "--index", str(index), "--query-features", str(base / "query")]
     fails(query + ["--nprobe", "0"], "--nprobe must be a positive integer")
     fails(query + ["--gallery", "x"], "--gallery and --index exclude each other")
+    # an image query needs the gallery's model; features alone need none
+    fails(query[:3] + ["--query", "q.jpg"], "--query IMAGE needs --checkpoint")
+    fails(["search", "--query", "q.jpg", "--gallery", "g/"], "--checkpoint is required")
     # query features of another model: other dimensions, or without the index's branches
     rng = np.random.default_rng(5)
     _folder(tmp_path / "q5", {"global": rng.standard_normal((4, 5)).astype(np.float32)})
-    other = query[:6] + [str(tmp_path / "q5")]
+    other = query[:4] + [str(tmp_path / "q5")]
     fails(other, "the query features must give 'global' of dimension 16")
     _folder(tmp_path / "qs", {"spatial": rng.standard_normal((4, 8)).astype(np.float32)})
-    fails(query[:6] + [str(tmp_path / "qs")], "branches ['global'] asked for, the folder holds ['spatial']")
+    fails(query[:4] + [str(tmp_path / "qs")], "branches ['global'] asked for, the folder holds ['spatial']")
     assert not (tmp_path / "x").exists()
     # an index whose JSON describes other features
     meta = json.loads((tmp_path / "g.index.json").read_text())
@@ -143,7 +146,7 @@ def test_bad_input_is_one_clear_error(folders, tmp_path, capsys):
     fails(query, "g.index.json: no such file")
     (tmp_path / "bad.index").write_bytes(b"not an index")
     (tmp_path / "bad.index.json").write_text(json.dumps(meta))
-    fails(query[:4] + [str(tmp_path / "bad.index")] + query[5:], "bad.index: faiss cannot read it")
+    fails(query[:2] + [str(tmp_path / "bad.index")] + query[3:], "bad.index: faiss cannot read it")
 
 
 def test_default_factories():

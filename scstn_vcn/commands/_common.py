@@ -53,11 +53,12 @@ def add_runtime_args(parser):
     add_traceback_arg(group)
 
 
-def add_inference_args(parser):
-    """A trained model applied to image files (extract, search): no data set, no config."""
+def add_inference_args(parser, checkpoint_required=True):
+    """A trained model applied to image files (extract, search): no data set, no config. A command that can
+    also work from features alone (search --index --query-features) checks --checkpoint itself."""
     parser.add_argument(
         "--checkpoint",
-        required=True,
+        required=checkpoint_required,
         metavar="PATH",
         help="a checkpoint written by train or demo, or a .safetensors model file written by export",
     )

@@ -18,7 +18,7 @@ HELP = "rank a gallery of images against a query image; draw the top k"
 
 
 def add_arguments(parser):
-    add_inference_args(parser)
+    add_inference_args(parser, checkpoint_required=False)  # not needed for --index with --query-features
     parser.add_argument("--query", metavar="IMAGE", help="the query image (or --query-features with --index)")
     parser.add_argument("--gallery", metavar="DIR|GLOB|LIST.txt", help="the gallery images (or --index)")
     add_index_args(parser)
@@ -63,6 +63,8 @@ def run(args):
         )
     if args.index:
         return search_index(args)
+    if args.checkpoint is None:
+        raise UsageError("--checkpoint is required to extract the features of --query and --gallery images")
     if args.query is None or args.gallery is None:
         raise UsageError("give --query IMAGE and --gallery DIR|GLOB|LIST.txt, or --index INDEX (scstn-vcn index)")
     if args.topk < 1:

@@ -68,6 +68,8 @@ def search_index(args):
         labels = queries.paths
         feats = queries.feats
     else:
+        if args.checkpoint is None:
+            raise UsageError("--query IMAGE needs --checkpoint (the gallery's model) to extract its features")
         if not os.path.isfile(args.query):
             raise FileNotFoundError(f"--query {args.query}: no such image file")
         _check_model(index, args.checkpoint)
