@@ -310,3 +310,26 @@ def reset_peak_rss():
         return True
     except OSError:
         return False
+
+
+def timed_peak(device, fn):
+    """(seconds, peak extra MiB or None, fn's result) of one call of ``fn()`` on ``device``: synchronised
+    wall time, and the peak memory above what was in use before the call (CUDA: the allocator's peak; CPU:
+    VmHWM after a reset, None where the kernel does not allow the reset)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        can_reset = reset_peak_rss()
+        base = status_kib("VmRSS")
+    start = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if device.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    else:
+        peak = (status_kib("VmHWM") - base) / 1024 if can_reset else None
+    return seconds, peak, result

@@ -17,11 +17,10 @@ k1 20, k2 6, lambda 0.3) of every feature and of the fusion, in bounded memory.
 
 import argparse
 import sys
-import time
 
 import numpy as np
 import torch
-from bench_utils import reset_peak_rss, status_kib, write_json
+from bench_utils import timed_peak, write_json
 
 from scstn_vcn.metrics import DEFAULT_CHUNK_SIZE, RerankConfig, evaluate_features
 
@@ -81,23 +80,7 @@ def measure(args):
     qf, gf, ids = _data(min(64, args.queries), min(2000, args.gallery), args.dims, device, seed=1)
     evaluate_features(qf, gf, *ids, chunk_size=args.chunk_size, rerank=rerank)
     qf, gf, ids = _data(args.queries, args.gallery, args.dims, device, seed=0)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        can_reset = reset_peak_rss()
-        base = status_kib("VmRSS")
-    start = time.perf_counter()
-    results = evaluate_features(qf, gf, *ids, chunk_size=args.chunk_size, rerank=rerank)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    else:
-        peak = (status_kib("VmHWM") - base) / 1024 if can_reset else None
-    return seconds, peak, results
+    return timed_peak(device, lambda: evaluate_features(qf, gf, *ids, chunk_size=args.chunk_size, rerank=rerank))
 
 
 def main(argv=None):

@@ -16,11 +16,10 @@ on the CPU).
 
 import argparse
 import sys
-import time
 
 import numpy as np
 import torch
-from bench_utils import reset_peak_rss, status_kib, write_json
+from bench_utils import timed_peak, write_json
 
 from scstn_vcn.metrics import RerankConfig, evaluate_features
 
@@ -74,23 +73,7 @@ def measure(args):
     qf, gf, ids = make_data(args, min(32, args.queries), min(2000, args.gallery), seed=1)
     evaluate_features(qf, gf, *ids, **kwargs)  # warm-up: context, kernels, allocator
     qf, gf, ids = make_data(args, args.queries, args.gallery, seed=0)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        can_reset = reset_peak_rss()
-        base = status_kib("VmRSS")
-    start = time.perf_counter()
-    results = evaluate_features(qf, gf, *ids, **kwargs)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    else:
-        peak = (status_kib("VmHWM") - base) / 1024 if can_reset else None
-    return seconds, peak, results
+    return timed_peak(device, lambda: evaluate_features(qf, gf, *ids, **kwargs))
 
 
 def main(argv=None):

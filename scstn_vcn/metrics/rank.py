@@ -34,6 +34,16 @@ import torch
 JUNK_PID = -1
 
 
+def check_dist_chunk(dist_chunk, num_gallery: int) -> int:
+    """The number of query rows of a (B, num_gallery) chunk of distances; ValueError otherwise."""
+    if dist_chunk.dim() != 2 or dist_chunk.shape[1] != num_gallery:
+        raise ValueError(
+            f"dist_chunk must have shape (B, {num_gallery}) (one column per gallery item), "
+            f"got {tuple(dist_chunk.shape)}"
+        )
+    return dist_chunk.shape[0]
+
+
 def as_1d_array(name: str, x, length: int | None = None, length_of: str | None = None) -> np.ndarray:
     """``x`` (sequence, numpy array or tensor) as a 1-D int64 numpy array of the expected length."""
     if isinstance(x, torch.Tensor):

@@ -39,7 +39,7 @@ from .item_features import ItemFeatures
 from .neighbours import NeighbourSearch, find_neighbours
 from .per_query import PerQueryRecorder, check_topk
 from .query_expansion import QueryExpansionConfig, alpha_query_expansion
-from .rank import JUNK_PID, as_1d_array, check_max_rank, no_valid_query_error
+from .rank import JUNK_PID, as_1d_array, check_dist_chunk, check_max_rank, no_valid_query_error
 from .rerank import KReciprocalEncoding, RerankConfig
 from .verification import DEFAULT_FPRS, PairMasks, StreamingVerification, check_fprs, verification_row
 
@@ -78,12 +78,7 @@ class StreamingRankEvaluator:
         return self.g_pids.shape[0]
 
     def update(self, dist_chunk: torch.Tensor, q_pids, q_camids) -> None:
-        if dist_chunk.dim() != 2 or dist_chunk.shape[1] != self.num_gallery:
-            raise ValueError(
-                f"dist_chunk must have shape (B, {self.num_gallery}) (one column per gallery item), "
-                f"got {tuple(dist_chunk.shape)}"
-            )
-        b = dist_chunk.shape[0]
+        b = check_dist_chunk(dist_chunk, self.num_gallery)
         q_pids = torch.as_tensor(as_1d_array("q_pids", q_pids, b, "dist_chunk's rows"), device=self.device)
         q_camids = torch.as_tensor(as_1d_array("q_camids", q_camids, b, "dist_chunk's rows"), device=self.device)
         dist_chunk = dist_chunk.to(self.device)

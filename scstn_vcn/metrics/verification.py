@@ -47,7 +47,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .rank import JUNK_PID, as_1d_array
+from .rank import JUNK_PID, as_1d_array, check_dist_chunk
 
 DEFAULT_FPRS = (1e-4, 1e-3, 1e-2)
 
@@ -218,12 +218,7 @@ class StreamingVerification:
         return self.masks.g_pids.shape[0]
 
     def update(self, dist_chunk: torch.Tensor, q_pids, q_camids) -> None:
-        if dist_chunk.dim() != 2 or dist_chunk.shape[1] != self.num_gallery:
-            raise ValueError(
-                f"dist_chunk must have shape (B, {self.num_gallery}) (one column per gallery item), "
-                f"got {tuple(dist_chunk.shape)}"
-            )
-        b = dist_chunk.shape[0]
+        b = check_dist_chunk(dist_chunk, self.num_gallery)
         drop, positive = self.masks(
             as_1d_array("q_pids", q_pids, b, "dist_chunk's rows"),
             as_1d_array("q_camids", q_camids, b, "dist_chunk's rows"),
