@@ -2,24 +2,14 @@
 hold the same weights, although each rank trained on its own identities."""
 
 import os
-import socket
 
-import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo import free_port, requires_gloo
 
 from scstn_vcn.configs import load_config
 
-pytestmark = pytest.mark.skipif(
-    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
-)
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+pytestmark = requires_gloo
 
 
 def _config(root, output):
@@ -80,7 +70,7 @@ def test_two_process_gloo_training_keeps_ranks_in_sync(tmp_path):
     )
     output = tmp_path / "run"
     output.mkdir()
-    mp.spawn(_worker, args=(2, _free_port(), str(root), str(output)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(root), str(output)), nprocs=2, join=True)
 
     r0 = torch.load(output / "rank0.pt", weights_only=True)
     r1 = torch.load(output / "rank1.pt", weights_only=True)

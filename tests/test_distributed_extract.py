@@ -2,26 +2,17 @@
 of one feature folder, and the features equal a one-process run's to the last bit (float32)."""
 
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import torch.distributed as dist
+from gloo import free_port, requires_gloo
 
 from scstn_vcn.configs import load_config
 from scstn_vcn.metrics.feature_store import open_features
 
-pytestmark = pytest.mark.skipif(
-    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
-)
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+pytestmark = requires_gloo
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +76,7 @@ def test_two_gloo_processes_write_one_feature_set(checkpoint_and_images, tmp_pat
         "--nproc_per_node",
         "2",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
     ]
     printed = _extract(torchrun + ["-m", "scstn_vcn.cli"], checkpoint, listing, tmp_path / "two")
     assert printed.count("wrote the features of") == 1  # rank 0 finishes the folder
