@@ -11,18 +11,25 @@ same code paths as tests). Big data goes to --work (default /work/bigdata/large_
     # 2. the structure of those features: principal components for 90% of the variance and the IVF
     #    neighbour recall curve; then the generator's settings that match them (same statistics measured)
     python $B calibrate --json calibrate.json
+    # 2b. the identities' spread s_w that gives the Market part (3,368 x 15,913, no distractors) a trained
+    #     model's difficulty: the paper's Market-1501 mAP, 88.6 (rank-1 96.1); bisection, other settings kept
+    python $B difficulty --json difficulty.json
     # 3. Market+500k (3,368 x 515,913) and 3,368 x 2,362,447 feature folders of 2,048-d float32 from it
     python $B generate --gallery 515913 --name market500k
     # 4. evaluation from the memory-mapped folders (plain; re-ranked with exact / faiss neighbours)
     python $B eval --name market500k --chunk-size 128 --json market500k-plain.json
     python $B eval --name market500k --chunk-size 128 --rerank --neighbours faiss-ivf --nprobe 16 --json ...
+    python $B eval --name market500k --rerank --neighbours faiss --factory PCA64,HNSW32 --params efSearch=128 ...
 
 Generator (why not isotropic clusters: see the README's "Large galleries"): each identity p has a centre
 a_p ~ N(0, I_r) in an r-dimensional subspace (a random orthonormal basis B of R^2048), each image
 x = B (a_p + s_w z) + s_n e with z ~ N(0, I_r), e ~ N(0, I_2048): identities in a low-dimensional
 subspace, images spread around them, a little isotropic noise. calibrate chooses (r, s_w, s_n) whose
 features have the extracted features' principal-component count for 90% of the variance and their IVF
-recall curve (recall@21 at nprobe 1, 4, 16, nlist about 4 sqrt(n)) on the same number of items.
+recall curve (recall@21 at nprobe 1, 4, 16, nlist about 4 sqrt(n)) on the same number of items. The
+extracted features come from the demo model (a few epochs on the synthetic set: rank-1 near 10% on them),
+whose identities overlap far more than a trained network's; so difficulty then sets s_w alone, keeping r
+and s_n, to the paper's Market-1501 mAP on the generated Market part.
 
 Memory: a thread samples /proc/self/status (RssAnon, RssFile, VmRSS) every 0.2 s; the peaks are reported
 with VmHWM. RssAnon is the process's own memory; RssFile counts the page cache of the memory-mapped
@@ -364,6 +371,51 @@ def cmd_calibrate(args):
     write_json_atomically(os.path.join(args.work, "generator.json"), best["generator"])
 
 
+MARKET_MAP = 0.886  # the paper's Market-1501 mAP (rank-1 96.1)
+
+
+def market_part(gen):
+    """rank-1 and mAP of the generated Market part (3,368 queries x 15,913 gallery items, no distractors)."""
+    from scstn_vcn.metrics import evaluate_features
+
+    q_pids, q_cams, g_pids, g_cams = labels(MARKET_GALLERY)
+    query = {"global": torch.from_numpy(gen.images(q_pids, 10**9))}
+    gallery = {"global": torch.from_numpy(gen.images(g_pids, 0))}
+    r = evaluate_features(query, gallery, q_pids, g_pids, q_cams, g_cams, fusion=None, fprs=None)["global"]
+    return {"rank1": round(100 * r["rank1"], 2), "mAP": round(100 * r["mAP"], 2)}
+
+
+def cmd_difficulty(args):
+    torch.set_num_threads(args.threads)
+    path = os.path.join(args.work, "generator.json")
+    with open(path) as handle:
+        settings = json.load(handle)
+    # bisection on a grid of hundredths (mAP falls as the spread grows)
+    lo, hi = round(100 * args.low), round(100 * args.high)
+    trials = []
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        spread = mid / 100
+        got = market_part(Generator(settings["rank"], spread, settings["noise"], settings["dim"], settings["seed"]))
+        trials.append({"spread": spread, **got})
+        print(trials[-1], flush=True)
+        lo, hi = (mid, hi) if got["mAP"] > 100 * MARKET_MAP else (lo, mid)
+    best = min(trials, key=lambda t: abs(t["mAP"] - 100 * MARKET_MAP))
+    gen = Generator(settings["rank"], best["spread"], settings["noise"], settings["dim"], settings["seed"])
+    pids = np.arange(1800) // 9
+    payload = {
+        "target_mAP": 100 * MARKET_MAP,
+        "before": settings,
+        "trials": trials,
+        "chosen": vars_of(gen),
+        "market_part": {k: best[k] for k in ("rank1", "mAP")},
+        "profile_at_1800_items": profile(gen.images(pids, 0)),
+    }
+    print(json.dumps(payload, indent=1))
+    save(args.json, payload)
+    write_json_atomically(path, vars_of(gen))
+
+
 def cmd_generate(args):
     with open(os.path.join(args.work, "generator.json")) as handle:
         settings = json.load(handle)
@@ -384,9 +436,7 @@ def cmd_eval(args):
     query, gallery = open_features(os.path.join(base, "query")), open_features(os.path.join(base, "gallery"))
     search = None
     if args.rerank:
-        search = NeighbourSearch(
-            args.neighbours, nprobe=args.nprobe, codes=args.codes, nlist=args.nlist, recall_sample=args.recall_sample
-        )
+        search = neighbour_search(args, args.neighbours)
     if args.neighbours.startswith("faiss"):
         import faiss
 
@@ -426,6 +476,16 @@ def cmd_eval(args):
     save(args.json, json.loads(json.dumps(payload, default=str)))
 
 
+def neighbour_search(args, backend):
+    """The NeighbourSearch of the eval / neighbours steps' flags."""
+    options = {"nprobe": args.nprobe, "recall_sample": args.recall_sample, "train_size": args.train_size}
+    if backend == "faiss-ivf":
+        options.update(codes=args.codes, nlist=args.nlist)
+    if backend == "faiss":
+        options.update(factory=args.factory, params=args.params)
+    return NeighbourSearch(backend, **options)
+
+
 def cmd_neighbours(args):
     """Only re-ranking's neighbour search (k1 + 1 = 21) with its measured recall, over queries + gallery."""
     from scstn_vcn.metrics.item_features import ItemFeatures
@@ -437,9 +497,7 @@ def cmd_neighbours(args):
     faiss.omp_set_num_threads(args.threads)
     base = os.path.join(args.work, args.name)
     query, gallery = open_features(os.path.join(base, "query")), open_features(os.path.join(base, "gallery"))
-    search = NeighbourSearch(
-        "faiss-ivf", nprobe=args.nprobe, codes=args.codes, train_size=args.train_size, recall_sample=args.recall_sample
-    )
+    search = neighbour_search(args, args.neighbours)
     with MemorySampler() as memory:
         begin = time.perf_counter()
         items = ItemFeatures(query.feats, gallery.feats)
@@ -453,6 +511,17 @@ def cmd_neighbours(args):
     }
     print(json.dumps(payload, indent=1, default=str))
     save(args.json, json.loads(json.dumps(payload, default=str)))
+
+
+def add_neighbour_args(p, default):
+    p.add_argument("--neighbours", default=default, choices=("exact", "faiss-flat", "faiss-ivf", "faiss"))
+    p.add_argument("--nprobe", type=int, default=16)
+    p.add_argument("--nlist", type=int)
+    p.add_argument("--codes", default="SQ8")
+    p.add_argument("--factory", help="--neighbours faiss: the faiss factory string, e.g. PCA64,HNSW32")
+    p.add_argument("--params", help="--neighbours faiss: search parameters, e.g. efSearch=128")
+    p.add_argument("--train-size", type=int)
+    p.add_argument("--recall-sample", type=int, default=500)
 
 
 def main():
@@ -472,10 +541,7 @@ def main():
     p.add_argument("--json")
     p = sub.add_parser("neighbours")
     p.add_argument("--name", default="market500k")
-    p.add_argument("--nprobe", type=int, default=16)
-    p.add_argument("--codes", default="SQ8")
-    p.add_argument("--train-size", type=int)
-    p.add_argument("--recall-sample", type=int, default=500)
+    add_neighbour_args(p, default="faiss-ivf")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json")
     p = sub.add_parser("calibrate")
@@ -484,6 +550,11 @@ def main():
     p.add_argument("--spreads", type=lambda t: [float(v) for v in t.split(",")], default=[0.3, 0.5, 0.7, 1.0])
     p.add_argument("--noises", type=lambda t: [float(v) for v in t.split(",")], default=[0.01, 0.03])
     p.add_argument("--json")
+    p = sub.add_parser("difficulty")
+    p.add_argument("--low", type=float, default=0.3)
+    p.add_argument("--high", type=float, default=0.9)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json")
     p = sub.add_parser("generate")
     p.add_argument("--gallery", type=int, default=515913)
     p.add_argument("--name", default="market500k")
@@ -491,17 +562,14 @@ def main():
     p.add_argument("--name", default="market500k")
     p.add_argument("--chunk-size", type=int, default=128)
     p.add_argument("--rerank", action="store_true")
-    p.add_argument("--neighbours", default="exact", choices=("exact", "faiss-flat", "faiss-ivf"))
-    p.add_argument("--nprobe", type=int, default=16)
-    p.add_argument("--nlist", type=int)
-    p.add_argument("--codes", default="SQ8")
-    p.add_argument("--recall-sample", type=int, default=500)
+    add_neighbour_args(p, default="exact")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     steps = {"render-extract": cmd_render_extract, "extracted-rerank": cmd_extracted_rerank}
-    steps.update({"calibrate": cmd_calibrate, "generate": cmd_generate, "eval": cmd_eval, "neighbours": cmd_neighbours})
+    steps.update({"calibrate": cmd_calibrate, "difficulty": cmd_difficulty, "generate": cmd_generate})
+    steps.update({"eval": cmd_eval, "neighbours": cmd_neighbours})
     steps[args.step](args)
 
 

@@ -195,3 +195,16 @@ def test_eval_reads_feature_folders(tmp_path, capsys):
     assert main(base + ["--output", str(out), "--checkpoint", "x"]) == 2
     assert "exclude each other" in capsys.readouterr().err
     assert main(["eval"]) == 2 and "give --checkpoint PATH" in capsys.readouterr().err
+    # any faiss index by its factory string, recorded with its parameters and measured recall
+    hnsw = base + ["--output", str(out), "--rerank-neighbours", "faiss", "--faiss-index", "HNSW8"]
+    assert main(hnsw + ["--faiss-params", "efSearch=200", "--rerank-k1", "6", "--set", "eval.fprs=[]"]) == 0
+    used = json.loads(out.read_text())["neighbours"]["fusion+rk"]
+    assert used["factory"] == "HNSW8" and used["params"] == "efSearch=200" and used["recall_at_7"] > 0.9
+    assert main(base + ["--output", str(out), "--rerank-neighbours", "faiss"]) == 2
+    assert "eval.rerank_faiss_index" in capsys.readouterr().err
+    assert main(hnsw + ["--faiss-params", "efSearch"]) == 2
+    assert "eval.rerank_faiss_params" in capsys.readouterr().err
+    assert main(base + ["--output", str(out), "--rerank-neighbours", "faiss", "--faiss-index", "Bogus7"]) == 2
+    assert "factory 'Bogus7' is not an index factory string" in capsys.readouterr().err
+    assert main(base + ["--output", str(out), "--rerank-neighbours", "faiss", "--faiss-index", "PCA8,HNSW8"]) == 2
+    assert "cannot be trained on the view spatial (6 dimensions" in capsys.readouterr().err

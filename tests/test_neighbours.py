@@ -134,7 +134,9 @@ def test_exact_backend_is_the_blocked_pass():
 
 
 def test_bad_settings_are_one_clear_error(monkeypatch):
-    with pytest.raises(ValueError, match="backend must be one of auto, exact, faiss-flat, faiss-ivf, got 'hnsw'"):
+    with pytest.raises(
+        ValueError, match="backend must be one of auto, exact, faiss-flat, faiss-ivf, faiss, got 'hnsw'"
+    ):
         NeighbourSearch("hnsw")
     with pytest.raises(ValueError, match="nprobe must be a positive integer, got 0"):
         NeighbourSearch("faiss-ivf", nprobe=0)
@@ -146,6 +148,64 @@ def test_bad_settings_are_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(FaissMissingError, match=r'pip install "scstn-vcn\[faiss\]"'):
         find_neighbours(items, {"global": ("global",)}, 3, NeighbourSearch("faiss-flat"))
+
+
+def test_factory_backend_finds_the_neighbours_of_low_dimensional_features():
+    # the identities' structure in a 24-d subspace of 96 dimensions, plus a little isotropic noise: a
+    # PCA-reduced HNSW graph finds the neighbours, re-scored exactly in the full dimension
+    gen = torch.Generator().manual_seed(11)
+    basis = torch.linalg.qr(torch.randn(96, 24, generator=gen, dtype=torch.float64))[0].T
+    label = torch.randint(0, 150, (1500,), generator=gen)
+    latent = torch.randn(150, 24, generator=gen, dtype=torch.float64)[label]
+    x = (latent + 0.5 * torch.randn(1500, 24, generator=gen, dtype=torch.float64)) @ basis
+    x = (x + 0.02 * torch.randn(1500, 96, generator=gen, dtype=torch.float64)).float()
+    items = ItemFeatures({"global": x[:100]}, {"global": x[100:]})
+    k = 21
+    search = NeighbourSearch("faiss", factory="PCA32,HNSW16", params="efSearch=64", recall_sample=200)
+    found, report = find_neighbours(items, {"global": ("global",)}, k, search)
+    order = np.argsort(_dense(items, ("global",)), axis=1, kind="stable")[:, :k]
+    hits = [len(set(a) & set(b)) for a, b in zip(found["global"].index.numpy(), order)]
+    assert np.mean(hits) / k >= 0.97
+    assert report["views"]["global"][f"recall_at_{k}"] >= 0.97
+    assert report["factory"] == "PCA32,HNSW16" and report["params"] == "efSearch=64"
+    assert report["far_params"] == "efSearch=32"  # the HNSW default for the row maximum
+    # exact distances of the candidates, ordered; a real distance of the row bounds its maximum from below
+    exact = nearest_neighbours(items, {"global": ("global",)}, k, block_size=256)["global"]
+    same = found["global"].index == exact.index
+    torch.testing.assert_close(found["global"].distance[same], exact.distance[same], rtol=0, atol=1e-6)
+    ratio = (found["global"].sq_max / exact.sq_max).sqrt()
+    assert (ratio <= 1 + 1e-6).all() and ratio.mean() > 0.95
+
+
+def test_factory_backend_with_an_exhaustive_index_is_exact():
+    items = _clustered(15, 300, seed=12)
+    exact = nearest_neighbours(items, VIEWS, 8, block_size=64)
+    found, report = find_neighbours(items, VIEWS, 8, NeighbourSearch("faiss", factory="Flat", far_k=315))
+    for view in VIEWS:
+        np.testing.assert_array_equal(found[view].index, exact[view].index)
+        torch.testing.assert_close(found[view].sq_max, exact[view].sq_max, rtol=1e-12, atol=0)
+    assert report["params"] == "" and report["backend"] == "faiss"
+    # an IVF inside the factory string takes nprobe; probing every list is exhaustive
+    search = NeighbourSearch("faiss", factory="IVF4,Flat", nprobe=4, far_k=315)
+    found, report = find_neighbours(items, VIEWS, 8, search)
+    assert report["params"] == "nprobe=4" and report["far_params"] == "nprobe=2"
+    for view in VIEWS:
+        np.testing.assert_array_equal(found[view].index, exact[view].index)
+
+
+def test_factory_backend_bad_settings_are_one_clear_error():
+    with pytest.raises(ValueError, match="backend 'faiss' needs factory"):
+        NeighbourSearch("faiss")
+    with pytest.raises(ValueError, match="factory 'Bogus12' is not an index factory string faiss can build"):
+        NeighbourSearch("faiss", factory="Bogus12")
+    with pytest.raises(ValueError, match="factory is for backend 'faiss', not 'faiss-ivf'"):
+        NeighbourSearch("faiss-ivf", factory="HNSW32")
+    with pytest.raises(ValueError, match="params must be faiss parameters such as 'efSearch=128'"):
+        NeighbourSearch("faiss", factory="HNSW32", params="efSearch")
+    items = _clustered(3, 100)
+    search = NeighbourSearch("faiss", factory="HNSW8", params="nprobe=4")
+    with pytest.raises(ValueError, match="params 'nprobe=4' do not apply to the index"):
+        find_neighbours(items, {"global": ("global",)}, 3, search)
 
 
 def test_default_nlist():

@@ -35,6 +35,8 @@ RERANK_KEYS = (
     ("rerank_lambda", "rerank_lambda"),
     ("rerank_neighbours", "rerank_neighbours"),
     ("nprobe", "rerank_nprobe"),
+    ("faiss_index", "rerank_faiss_index"),
+    ("faiss_params", "rerank_faiss_params"),
 )
 QE_KEYS = (("qe_k", "qe_k"), ("qe_alpha", "qe_alpha"), ("qe_times", "qe_times"))
 
@@ -62,12 +64,25 @@ def add_rerank_args(parser):
     )
     group.add_argument(
         "--rerank-neighbours",
-        choices=("auto", "exact", "faiss-flat", "faiss-ivf"),
+        choices=("auto", "exact", "faiss-flat", "faiss-ivf", "faiss"),
         help="how re-ranking finds the k1 + 1 nearest items (eval.rerank_neighbours; default auto: exact up to "
-        "150,000 items, faiss-ivf above; faiss-ivf is approximate and records its measured recall; implies --rerank)",
+        "150,000 items, faiss-ivf above; faiss-ivf and faiss are approximate and record their measured recall; "
+        "implies --rerank)",
     )
     group.add_argument(
         "--nprobe", type=int, metavar="N", help="faiss-ivf: lists searched (eval.rerank_nprobe, default 32)"
+    )
+    group.add_argument(
+        "--faiss-index",
+        metavar="FACTORY",
+        help="--rerank-neighbours faiss: the index's faiss factory string, e.g. PCA64,HNSW32 "
+        "(eval.rerank_faiss_index; implies --rerank)",
+    )
+    group.add_argument(
+        "--faiss-params",
+        metavar="PARAMS",
+        help="--rerank-neighbours faiss: search parameters, e.g. efSearch=128 or nprobe=64 (eval.rerank_faiss_params; "
+        "default efSearch=128 for HNSW, nprobe=--nprobe for IVF)",
     )
     group.add_argument(
         "--query-expansion",

@@ -76,11 +76,15 @@ DEFAULTS = {
         "rerank_lambda": 0.3,
         # how re-ranking finds the k1 + 1 nearest items (scstn_vcn.metrics.neighbours): exact (the blocked
         # pass), faiss-flat, faiss-ivf (approximate, for galleries of hundreds of thousands and more;
-        # rerank_nprobe lists searched, rerank_codes the IVF's vector codes), or auto: exact up to 150,000
-        # items (and on CUDA), faiss-ivf above when faiss is installed
+        # rerank_nprobe lists searched, rerank_codes the IVF's vector codes), faiss (any faiss index:
+        # rerank_faiss_index its factory string, e.g. "PCA64,HNSW32", rerank_faiss_params its search
+        # parameters, e.g. "efSearch=128"), or auto: exact up to 150,000 items (and on CUDA), faiss-ivf above
+        # when faiss is installed
         "rerank_neighbours": "auto",
         "rerank_nprobe": 32,
         "rerank_codes": "SQ8",
+        "rerank_faiss_index": None,
+        "rerank_faiss_params": None,
         # alpha-query expansion (fast-reid's aqe): adds "+qe" rows, before re-ranking when both are on
         "query_expansion": False,
         "qe_k": 10,
@@ -479,8 +483,15 @@ def validate_runtime(config, source="the configuration"):
     if not _is_number(lam) or not 0 <= lam <= 1:
         raise _runtime_error(source, "eval.rerank_lambda", "a number in [0, 1]", lam)
     backend = section["rerank_neighbours"]
-    if backend not in ("auto", "exact", "faiss-flat", "faiss-ivf"):
-        raise _runtime_error(source, "eval.rerank_neighbours", "auto, exact, faiss-flat or faiss-ivf", backend)
+    if backend not in ("auto", "exact", "faiss-flat", "faiss-ivf", "faiss"):
+        raise _runtime_error(source, "eval.rerank_neighbours", "auto, exact, faiss-flat, faiss-ivf or faiss", backend)
+    factory = section["rerank_faiss_index"]
+    if (backend == "faiss") != (factory is not None) or not (factory is None or isinstance(factory, str)):
+        expected = "a faiss factory string such as PCA64,HNSW32 (with eval.rerank_neighbours faiss, and only then)"
+        raise _runtime_error(source, "eval.rerank_faiss_index", expected, factory)
+    params = section["rerank_faiss_params"]
+    if not (params is None or (isinstance(params, str) and re.fullmatch(r"(\w+=[\d.e+-]+)(,\w+=[\d.e+-]+)*", params))):
+        raise _runtime_error(source, "eval.rerank_faiss_params", "faiss parameters such as efSearch=128", params)
     codes = section["rerank_codes"]
     if not (isinstance(codes, str) and re.fullmatch(r"Flat|SQ8|SQ4|SQfp16|PQ\d+", codes)):
         raise _runtime_error(source, "eval.rerank_codes", "faiss IVF codes: Flat, SQ8, SQ4, SQfp16 or PQ<m>", codes)

@@ -100,15 +100,19 @@ def eval_settings(config):
 
 
 def _neighbour_settings(section):
-    return {
+    out = {
         "backend": section.get("rerank_neighbours", "auto"),
         "nprobe": int(section.get("rerank_nprobe", 32)),
         "codes": section.get("rerank_codes", "SQ8"),
     }
+    if out["backend"] == "faiss":
+        out.update(factory=section.get("rerank_faiss_index"), params=section.get("rerank_faiss_params"))
+    return out
 
 
 def neighbour_search(config):
-    """The NeighbourSearch of the config's eval.rerank_neighbours / rerank_nprobe / rerank_codes."""
+    """The NeighbourSearch of the config's eval.rerank_neighbours / rerank_nprobe / rerank_codes /
+    rerank_faiss_index / rerank_faiss_params."""
     from scstn_vcn.metrics.neighbours import NeighbourSearch
 
     return NeighbourSearch(**_neighbour_settings(config["eval"]))

@@ -15,6 +15,14 @@ CUDA, ``faiss-ivf`` above on the CPU when faiss is installed):
   ``PQ<m>`` where the float vectors do not fit in memory. The candidates are always re-scored exactly
   from the features (which may be memory-mapped from disk), so the returned distances are the
   evaluation's own, whatever the codes.
+* ``faiss``: any faiss index, named by its factory string (``factory``, faiss's own vocabulary, e.g.
+  ``PCA64,HNSW32`` or ``PCA128,IVF4096,Flat``) and searched with ``params`` (faiss's ParameterSpace
+  syntax, e.g. ``efSearch=128`` or ``nprobe=64``; default ``efSearch=128`` for HNSW, ``nprobe=<nprobe>``
+  for IVF). It indexes the normalised vectors under the L2 metric, whose order equals the inner
+  product's for unit vectors and, unlike it, is unchanged by the mean a PCA transform subtracts. Where the
+  features' neighbours live in few dimensions, a PCA-reduced graph (HNSW) finds them at a recall an IVF
+  over the full vectors reaches only by scanning a large part of its lists; the candidates are re-scored
+  exactly all the same.
 
 Views. A view's distance is the sum of its branches' cosine distances; that equals ``len(branches) -
 <u_i, u_j>`` with u the concatenation of the branches' L2-normalised features, so one inner-product
@@ -61,7 +69,7 @@ import torch
 from .item_features import ItemFeatures
 from .knn import Neighbours, block_size_for, merge_smallest, nearest_neighbours, order_by_value_then_index, smallest_k
 
-BACKENDS = ("auto", "exact", "faiss-flat", "faiss-ivf")
+BACKENDS = ("auto", "exact", "faiss-flat", "faiss-ivf", "faiss")
 # "auto": the exact pass up to this many items (MSMT17's 93,820 with room), or on CUDA at any size;
 # faiss-ivf above it on the CPU when faiss is installed (else exact, at its O(N^2 D) cost)
 AUTO_EXACT_UP_TO = 150_000
@@ -73,6 +81,8 @@ FAISS_INSTALL = (
 _ROW_BLOCK_ELEMENTS = 1 << 26
 # columns per block of the exact pass for sampled rows
 _EXACT_COLUMNS = 65536
+# dimension a factory string is test-built at: divisible by the usual PCA / PQ / OPQ sizes
+_PROBE_DIM = 3840
 
 
 class FaissMissingError(ImportError):
@@ -109,6 +119,39 @@ def default_train_size(num_items: int, nlist: int, width: int) -> int:
     return min(num_items, 64 * nlist, max(39 * nlist, (1 << 28) // max(width, 1)))
 
 
+def check_factory(factory) -> str:
+    """A faiss factory string (faiss.index_factory parses it: ValueError naming it if it does not)."""
+    if not isinstance(factory, str) or not factory.strip():
+        raise ValueError(f"factory must be a faiss index factory string such as 'PCA64,HNSW32', got {factory!r}")
+    faiss = import_faiss()
+    try:
+        faiss.index_factory(_PROBE_DIM, factory, faiss.METRIC_L2)
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1]
+        raise ValueError(f"factory {factory!r} is not an index factory string faiss can build: {reason}") from None
+    return factory
+
+
+def check_params(params, name: str = "params"):
+    """faiss ParameterSpace settings "name=value[,name=value]" (None: the backend's defaults)."""
+    if params is None:
+        return None
+
+    def valid(part):
+        key, _, value = part.partition("=")
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return bool(key.strip())
+
+    if not isinstance(params, str) or not all(valid(part) for part in params.split(",")):
+        raise ValueError(
+            f"{name} must be faiss parameters such as 'efSearch=128' or 'nprobe=16,efSearch=64', got {params!r}"
+        )
+    return params
+
+
 def default_nlist(num_items: int) -> int:
     """About 4 sqrt(N) lists, a power of two (faiss's guideline of 4 to 16 sqrt(N)), at least 1 and at most
     N / 39 (faiss wants 39 training points a list)."""
@@ -124,9 +167,11 @@ class NeighbourSearch:
     ``backend`` auto | exact | faiss-flat | faiss-ivf (auto: ``resolve_backend``); ``nprobe`` lists searched
     (faiss-ivf); ``nlist`` lists (None: ``default_nlist(N)``); ``codes`` the IVF's vector codes (Flat, SQ8,
     SQ4, SQfp16, PQ<m>); ``rescore`` candidates per neighbour re-scored exactly (None: ``default_rescore``);
-    ``far_k`` candidates for the row maximum, from ``far_nprobe`` lists; ``train_size`` rows the IVF trains on
-    (None: ``default_train_size``); ``recall_sample`` rows on which recall is measured (0: not measured); ``seed``
-    for the samples.
+    ``far_k`` candidates for the row maximum, from ``far_nprobe`` lists; ``train_size`` rows the IVF (or the factory's
+    index) trains on (None: ``default_train_size``); ``recall_sample`` rows on which recall is measured (0: not
+    measured); ``seed`` for the samples. Backend ``faiss``: ``factory`` the index's faiss factory string
+    (required), ``params`` its search parameters and ``far_params`` those of the row-maximum search (faiss
+    ParameterSpace syntax; None: ``search_params``'s defaults).
     """
 
     backend: str = "auto"
@@ -139,6 +184,9 @@ class NeighbourSearch:
     train_size: int | None = None
     recall_sample: int = 500
     seed: int = 0
+    factory: str | None = None
+    params: str | None = None
+    far_params: str | None = None
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -152,11 +200,24 @@ class NeighbourSearch:
         _positive_int(self.train_size, "train_size", allow_none=True)
         if not isinstance(self.recall_sample, numbers.Integral) or self.recall_sample < 0:
             raise ValueError(f"recall_sample must be an integer >= 0, got {self.recall_sample!r}")
+        check_params(self.params, "params")
+        check_params(self.far_params, "far_params")
+        if self.backend == "faiss":
+            if self.factory is None:
+                raise ValueError("backend 'faiss' needs factory, a faiss index factory string such as 'PCA64,HNSW32'")
+            check_factory(self.factory)
+        elif self.factory is not None:
+            raise ValueError(f"factory is for backend 'faiss', not {self.backend!r}")
 
     def as_dict(self) -> dict:
         out = {"backend": self.backend}
         if self.backend == "faiss-ivf":
-            out.update({k: v for k, v in asdict(self).items() if k != "backend"})
+            drop = ("backend", "factory", "params", "far_params")
+            out.update({k: v for k, v in asdict(self).items() if k not in drop})
+        elif self.backend == "faiss":
+            params, far_params = search_params(self)
+            keep = ("factory", "rescore", "far_k", "train_size", "recall_sample", "seed")
+            out.update({k: v for k, v in asdict(self).items() if k in keep}, params=params, far_params=far_params)
         elif self.backend == "faiss-flat":
             out.update(far_k=self.far_k, recall_sample=self.recall_sample)
         return out
@@ -176,9 +237,25 @@ def resolve_backend(search: NeighbourSearch, num_items: int, device: torch.devic
     return "faiss-ivf"
 
 
+def search_params(search: NeighbourSearch) -> tuple[str, str]:
+    """(params, far_params) of backend ``faiss``: the given ones, else efSearch=128 / efSearch=32 for an HNSW,
+    nprobe=<nprobe> / nprobe=<far_nprobe> for an IVF, none for others."""
+    factory = search.factory or ""
+    if "HNSW" in factory:
+        defaults = ("efSearch=128", "efSearch=32")
+    elif "IVF" in factory:
+        defaults = (f"nprobe={search.nprobe}", f"nprobe={search.far_nprobe}")
+    else:
+        defaults = ("", "")
+    return search.params or defaults[0], search.far_params or defaults[1]
+
+
 def default_rescore(search: NeighbourSearch) -> int:
     """Candidates per neighbour: 1 for float vectors, 2 for scalar-quantised codes (SQ8 keeps the order but
-    for near-ties), 4 for product-quantised codes (coarser)."""
+    for near-ties) and for any factory's index (a PCA's distances are approximate), 4 for product-quantised
+    codes (coarser)."""
+    if search.backend == "faiss":
+        return 4 if "PQ" in search.factory else 2
     if search.backend == "faiss-flat" or search.codes in ("Flat", "SQfp16"):
         return 1
     return 4 if search.codes.startswith("PQ") else 2
@@ -237,6 +314,26 @@ def _exact_candidates(items, branches, rows: torch.Tensor, cand: torch.Tensor, k
     return dist[:, :k], cand[:, :k], valid.sum(1)
 
 
+def _ivf_lists(faiss, index) -> int:
+    """The lists of the IVF inside a factory's index; None for an index without one (a PCA's training rows
+    are then bounded by 1 GiB of vectors only)."""
+    try:
+        return faiss.extract_index_ivf(index).nlist
+    except RuntimeError:
+        return None
+
+
+def _factory_index(faiss, factory: str, width: int, branches):
+    """faiss.index_factory(width, factory) under the L2 metric, or ValueError naming the view's width."""
+    try:
+        return faiss.index_factory(width, factory, faiss.METRIC_L2)
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1]
+        raise ValueError(
+            f"factory {factory!r} does not fit the view {'+'.join(branches)} of {width} dimensions: {reason}"
+        ) from None
+
+
 class _FaissView:
     """One view's faiss index over all N items (normalised, concatenated branch vectors)."""
 
@@ -247,9 +344,14 @@ class _FaissView:
         n = items.num_items
         width = sum(items.query[b].shape[1] for b in branches)
         self.step = _row_step(items, branches)
+        self.params = self.far_params = None
         if search.backend == "faiss-flat":
             index = faiss.IndexFlatIP(width)
             self.nlist = None
+        elif search.backend == "faiss":
+            index = _factory_index(faiss, search.factory, width, branches)
+            self.nlist = None
+            self.params, self.far_params = search_params(search)
         else:
             self.nlist = min(search.nlist or default_nlist(n), n)
             codes = search.codes
@@ -260,13 +362,22 @@ class _FaissView:
             self.gpu_resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self.gpu_resources, items.device.index or 0, index)
         if not index.is_trained:
-            train_size = min(n, search.train_size or default_train_size(n, self.nlist, width))
+            lists = self.nlist or _ivf_lists(faiss, index)
+            default = default_train_size(n, lists, width) if lists else min(n, (1 << 28) // width)
+            train_size = min(n, search.train_size or default)
             rng = np.random.default_rng(search.seed)
             sample = np.sort(rng.choice(n, size=train_size, replace=False))
             train = np.concatenate(
                 [self._vectors_of(sample[s : s + self.step]) for s in range(0, train_size, self.step)]
             )
-            index.train(train)
+            try:
+                index.train(train)
+            except RuntimeError as error:  # e.g. a PCA wider than the view, or more lists than training rows
+                reason = str(error).strip().splitlines()[-1]
+                raise ValueError(
+                    f"the faiss index {search.factory or type(index).__name__} cannot be trained on the view "
+                    f"{'+'.join(branches)} ({width} dimensions, {train_size} training rows): {reason}"
+                ) from None
             del train
         for start in range(0, n, self.step):
             index.add(view_vectors(items, branches, start, min(start + self.step, n)))
@@ -286,7 +397,17 @@ class _FaissView:
         x = view_vectors(self.items, self.branches, start, stop)
         if negate:
             np.negative(x, out=x)
-        if nprobe is not None and self.nlist is not None:
+        params = self.far_params if negate else self.params
+        if params:
+            try:
+                self.faiss.ParameterSpace().set_index_parameters(self.index, params)
+            except RuntimeError:
+                raise ValueError(
+                    f"{'far_params' if negate else 'params'} {params!r} do not apply to the index "
+                    f"{self.index.__class__.__name__}: faiss could not set them"
+                ) from None
+            _, ids = self.index.search(x, k)
+        elif nprobe is not None and self.nlist is not None:
             ivf = self.faiss.extract_index_ivf(self.index)
             before, ivf.nprobe = ivf.nprobe, min(nprobe, self.nlist)
             try:
