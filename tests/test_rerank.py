@@ -265,6 +265,26 @@ def test_encoding_keeps_no_features():
     assert encoding.distances(0, 5, torch.rand(5, 9, dtype=torch.float64)).shape == (5, 9)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_jaccard_pairs_are_the_non_zero_overlaps_bit_for_bit(dtype):
+    gen = torch.Generator().manual_seed(3)
+    label = torch.randint(0, 12, (163,), generator=gen)
+    x = (torch.randn(12, 10, generator=gen)[label] + 0.4 * torch.randn(163, 10, generator=gen)).to(dtype)
+    items = ItemFeatures({"f": x[:29]}, {"f": x[29:]})
+    neighbours = nearest_neighbours(items, {"v": ("f",)}, 8, 64)["v"]
+    encoding = KReciprocalEncoding(items, ("f",), neighbours, RerankConfig(7, 3), 16)
+    for start, stop in ((0, 29), (5, 17), (28, 29)):
+        dense = encoding.jaccard_overlap(start, stop)
+        row, col, m = encoding.jaccard_pairs(start, stop)
+        expect_row, expect_col = dense.nonzero(as_tuple=True)
+        torch.testing.assert_close(row, expect_row, rtol=0, atol=0)
+        torch.testing.assert_close(col, expect_col, rtol=0, atol=0)
+        assert torch.equal(m, dense[expect_row, expect_col])
+        # the final distance: the Jaccard term of m = 0 is exactly 1 - lambda
+        zero = torch.zeros(3, dtype=dense.dtype)
+        assert torch.equal(encoding.jaccard_term(zero), torch.full_like(zero, 1 - 0.3))
+
+
 @pytest.mark.parametrize("k1", range(1, 42))
 def test_expansion_k_rounds_half_to_even_like_numpy(k1):
     assert RerankConfig(k1, 1).expansion_k == int(np.around(k1 / 2.0))

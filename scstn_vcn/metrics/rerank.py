@@ -254,23 +254,21 @@ class KReciprocalEncoding:
         self.column_rows = owner[order]  # gallery-local row
         self.column_vals = v.val[first:][order]
 
-    def jaccard_overlap(self, start: int, stop: int) -> torch.Tensor:
-        """m[i, j] = sum_k min(V_qe[i, k], V_qe[j, k]) for queries [start, stop) and all gallery items."""
+    def _overlap_steps(self, start: int, stop: int, itype: torch.dtype):
+        """The terms of m for queries [start, stop), in steps: (target, value) with target = local query row
+        * g + gallery item and value = min(V_qe[i, k], V_qe[j, k]), in the reference's order (each query's
+        columns ascending)."""
         g, dev = self.num_gallery, self.device
-        m = torch.zeros(stop - start, g, dtype=self.v_qe.val.dtype, device=dev)
         owner, pos = self.v_qe.entries_of(torch.arange(start, stop, device=dev))
         cols, vals = self.v_qe.col[pos], self.v_qe.val[pos]
         lo = self.column_ptr[cols]
         counts = self.column_ptr[cols + 1] - lo
         ends = torch.cumsum(counts, 0)
-        # The pairs' index arrays are the work here: 32-bit where m's positions fit (half the memory traffic).
-        itype = torch.int32 if m.numel() < 2**31 and self.column_rows.numel() < 2**31 else torch.int64
         base = (owner * g).to(itype)  # where each entry's query row starts in m
         column_rows = self.column_rows.to(itype)
         # pairs per step: about 30 bytes of index and value arrays a pair, so 1/8 of the chunk's (chunk, g)
         # keeps them below the size of m itself
         budget = max((stop - start) * g // 8, g)
-        flat = m.view(-1)
         first = 0
         while first < cols.shape[0]:
             done = int(ends[first - 1]) if first else 0
@@ -286,9 +284,35 @@ class KReciprocalEncoding:
             target = torch.repeat_interleave(base[first:last], cnt, output_size=total).add_(column_rows[where])
             value = torch.repeat_interleave(vals[first:last], cnt, output_size=total)
             torch.minimum(value, self.column_vals[where], out=value)
-            flat.index_add_(0, target, value)
+            yield target, value
             first = last
+
+    def jaccard_overlap(self, start: int, stop: int) -> torch.Tensor:
+        """m[i, j] = sum_k min(V_qe[i, k], V_qe[j, k]) for queries [start, stop) and all gallery items."""
+        m = torch.zeros(stop - start, self.num_gallery, dtype=self.v_qe.val.dtype, device=self.device)
+        # The pairs' index arrays are the work here: 32-bit where m's positions fit (half the memory traffic).
+        itype = torch.int32 if m.numel() < 2**31 and self.column_rows.numel() < 2**31 else torch.int64
+        flat = m.view(-1)
+        for target, value in self._overlap_steps(start, stop, itype):
+            flat.index_add_(0, target, value)
         return m
+
+    def jaccard_pairs(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The non-zero m of ``jaccard_overlap(start, stop)`` as (local query row, gallery item, m), sorted by
+        (row, item): the same sums in the same order, so the same values, in memory that grows with the
+        pairs that share a column rather than with chunk x g."""
+        g = self.num_gallery
+        targets, values = [], []
+        for target, value in self._overlap_steps(start, stop, torch.int64):
+            targets.append(target)
+            values.append(value)
+        if not targets:
+            empty = torch.empty(0, dtype=torch.int64, device=self.device)
+            return empty, empty, torch.empty(0, dtype=self.v_qe.val.dtype, device=self.device)
+        keys, inverse = torch.unique(torch.cat(targets), return_inverse=True)
+        m = torch.zeros(keys.shape[0], dtype=self.v_qe.val.dtype, device=self.device)
+        m.index_add_(0, inverse, torch.cat(values))
+        return keys // g, keys % g, m
 
     def distances(self, start: int, stop: int, dist: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Re-ranked (stop - start, g) distances of queries [start, stop), given the view's distances
@@ -297,19 +321,23 @@ class KReciprocalEncoding:
         shape = (stop - start, self.num_gallery)
         if dist.shape != shape:
             raise ValueError(f"dist must have shape {shape}, got {tuple(dist.shape)}")
-        lam = float(self.config.lambda_value)
         m = self.jaccard_overlap(start, stop)
         dist = dist.to(m.dtype)
         if out is None:
             out = torch.empty_like(m)
         elif out.shape != shape or out.dtype != m.dtype:
             raise ValueError(f"out must be a {m.dtype} tensor of shape {shape}, got {out.dtype} {tuple(out.shape)}")
-        # (1 - m / (2 - m)) (1 - lambda) + (D^2 / max) lambda, rounded step by step as the reference rounds it
-        # (equal values stay equal), in place: one buffer beside m and the result
+        torch.mul(dist, dist, out=out).div_(self.denominator[start:stop, None]).mul_(float(self.config.lambda_value))
+        return out.add_(self.jaccard_term(m))
+
+    def jaccard_term(self, m: torch.Tensor) -> torch.Tensor:
+        """(1 - m / (2 - m)) (1 - lambda), in place in ``m``, rounded step by step as the reference rounds it
+        (equal values stay equal); m = 0 gives exactly 1 - lambda. The final distance is
+        D^2 / max * lambda (in that order) plus this."""
         m.div_(torch.sub(torch.tensor(2.0, dtype=m.dtype, device=m.device), m))
-        torch.sub(torch.tensor(1.0, dtype=m.dtype, device=m.device), m, out=m).mul_(1.0 - lam)
-        torch.mul(dist, dist, out=out).div_(self.denominator[start:stop, None]).mul_(lam)
-        return out.add_(m)
+        return torch.sub(torch.tensor(1.0, dtype=m.dtype, device=m.device), m, out=m).mul_(
+            1.0 - self.config.lambda_value
+        )
 
 
 def _as_items(query, gallery, device) -> ItemFeatures:
