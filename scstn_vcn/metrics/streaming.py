@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .distance import _as_feature_tensor, cosine_distance_rows, inverse_norms
+from .gallery_pass import evaluate_gallery_pass, use_gallery_pass
 from .item_features import ItemFeatures
 from .neighbours import NeighbourSearch, find_neighbours
 from .per_query import PerQueryRecorder, check_topk
@@ -290,6 +291,7 @@ def evaluate_features(
     record_topk: int | None = None,
     fprs: Sequence[float] | None = DEFAULT_FPRS,
     neighbours: NeighbourSearch | None = None,
+    gallery_pass: bool | None = None,
 ) -> dict[str, dict]:
     """Cosine-distance evaluation of every feature, and of their fusion, in query chunks; optionally
     with k-reciprocal re-ranking and alpha-query expansion as well.
@@ -321,6 +323,12 @@ def evaluate_features(
     ``neighbours=NeighbourSearch(backend, nprobe, ...)`` chooses how re-ranking finds each item's k1 + 1
     nearest items (scstn_vcn.metrics.neighbours: exact by default; faiss flat or IVF for large galleries);
     the "+rk" rows then hold ``"neighbours"``: the backend, its parameters and the measured recall.
+    ``gallery_pass`` (scstn_vcn.metrics.gallery_pass) ranks without sorting rows: one pass over the gallery
+    in blocks, counting the negatives before each positive, with the same ranks and metrics as the query
+    chunks' sorts, in O(chunk_size x block + num_query x most positives) memory. None (default) uses it
+    for galleries of at least GALLERY_PASS_MIN_ITEMS (200,000) items when no option needs sorted rows
+    (rerank, query_expansion, record_topk None and fprs None or empty); True always (a ValueError names
+    the option that needs sorted rows if one is set); False never.
     Features may be memory-mapped numpy arrays (scstn_vcn.metrics.feature_store.open_features): they are
     read a block at a time, never copied whole.
 
@@ -351,7 +359,18 @@ def evaluate_features(
     if device is None:
         device = query[names[0]].device
     device = torch.device(device)
-    gallery = {n: _as_feature_tensor(f"gallery_feats[{n!r}]", gallery_feats[n]).to(device) for n in names}
+    gallery_pass = use_gallery_pass(
+        gallery_pass,
+        g_pids.shape[0],
+        rerank=rerank,
+        query_expansion=query_expansion,
+        record_topk=record_topk,
+        fprs=fprs,
+    )
+    # The gallery pass moves one block at a time to the device.
+    gallery = {n: _as_feature_tensor(f"gallery_feats[{n!r}]", gallery_feats[n]) for n in names}
+    if not gallery_pass:
+        gallery = {n: g.to(device) for n, g in gallery.items()}
 
     # rank-10 is always reported, so the CMC is accumulated to at least 10 ranks.
     ids = (q_pids, g_pids, q_camids, g_camids)
@@ -359,6 +378,19 @@ def evaluate_features(
     settings["record_topk"] = None if record_topk is None else check_topk(record_topk)
     settings["fprs"] = check_fprs(fprs or (), "fprs")
     settings["neighbours"] = neighbours
+    if gallery_pass:
+        results = evaluate_gallery_pass(
+            query,
+            gallery,
+            names,
+            fusion,
+            ids,
+            device=device,
+            cmc_len=settings["cmc_len"],
+            chunk_size=int(chunk_size),
+            evaluator_type=StreamingRankEvaluator,
+        )
+        return {name: _summary(result, max_rank) for name, result in results.items()}
     results = _evaluate_feature_set(
         query, gallery, names, fusion, ids, suffix="", rerank=None if query_expansion else rerank, **settings
     )
