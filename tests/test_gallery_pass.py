@@ -262,7 +262,8 @@ def test_half_precision_and_memory_mapped_features(tmp_path):
     _assert_same(got["fusion"], full, exact=False)
 
 
-def test_one_feature_without_fusion():
+def test_one_feature_without_fusion(monkeypatch):
+    monkeypatch.setattr(gp, "_ESTIMATE_PAIRS", 7)  # the positives' estimates in many pieces
     qf, gf, ids = _data(seed=8)
     got = _pass({"global": qf["global"]}, {"global": gf["global"]}, ids, chunk=13, block_rows=200, fusion=())
     assert set(got) == {"global"}

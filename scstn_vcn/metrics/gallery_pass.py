@@ -54,10 +54,13 @@ are multiplied as their float32 upcast here (their half-precision product is ~1e
 most negatives near ties): its ranks are then those of the float32 distances, as on the CPU.
 
 Work and memory. Time: the same multiply-adds as the streaming path, plus O(chunk x block) comparisons
-per block instead of a sort of every row; the gallery is read once. Memory: O(chunk x block_rows)
-for a block's distance matrix and its selection mask (about 4 + 1 B per element, a few MB at
-128 x 32,768), plus O(q x P_max) for the sorted estimates and bucket counts (P_max = most positives of a
-query), O(T) for the T positives, and 24 B per near tie (a few per positive for separated features).
+per block instead of a sort of every row; the gallery is read once. Memory: a block's distance matrix and
+selection mask, 4 + 1 B per (query, gallery) element of the chunk x block_rows tile (20 MiB at 128 x
+32,768), and while the tile is processed about 100 B per selected negative (one closer than its query's
+farthest positive: the tile's share of the negatives ranked before a positive, small for a good model,
+at most the whole tile); 40 B per (query, positive slot) for the sorted estimates and bucket counts
+(q x P_max, P_max = most positives of a query); O(T) for the T positives; 24 B per near tie (a few per
+positive for features like a network's, whose distances spread over ~0.1 or more).
 """
 
 from __future__ import annotations
@@ -81,8 +84,8 @@ DEFAULT_BLOCK_ROWS = 32_768
 # Bound on |float32 pass distance - float64 estimate| per branch (module docstring).
 DELTA_PER_BRANCH = 2e-5
 
-# Pairs (query, positive) whose estimates are computed at once: 4,096 x D x 8 B per gathered side.
-_ESTIMATE_PAIRS = 4096
+# Pairs (query, positive) whose estimates are computed at once: 1,024 x D x 8 B per gathered side.
+_ESTIMATE_PAIRS = 1024
 
 
 def _delta(dtype: torch.dtype, branches: int, per_branch: float) -> float:
@@ -149,7 +152,7 @@ class _ViewPass:
     """One view's (a feature's or the fusion's) state during the pass: sorted estimates, bucket counts
     of the counted negatives, the near ties, and the positives' pass values."""
 
-    def __init__(self, estimates: torch.Tensor, qi: torch.Tensor, slot: torch.Tensor, num_q: int, delta: float):
+    def __init__(self, estimates, qi, slot, num_q: int, delta: float, branches: int):
         device = estimates.device
         width = int(slot.max().item()) + 2 if slot.numel() else 1  # P_max + 1: bucket P_max, then +inf
         self.delta = delta
@@ -164,41 +167,52 @@ class _ViewPass:
         # a NaN estimate makes the threshold NaN: nothing selected, and the check sends the query back).
         largest = torch.where(torch.isinf(padded), -math.inf, padded).amax(1)
         self.threshold = largest + delta
-        self.counts = torch.zeros(num_q * width, dtype=torch.int64, device=device)
+        # ... compared with float32 distances as float32, rounded up (a superset: the extra ones land in
+        # bucket P_max, after every positive).
+        up = self.threshold.to(torch.float32)
+        self.threshold32 = torch.where(up < self.threshold, torch.nextafter(up, up.new_tensor(math.inf)), up)
+        # The sorted estimates flattened for ONE torch.searchsorted over a chunk's selected values: row q's
+        # entries become q * span + 1 + e (distances of a view lie in [0, 2 * branches]; +inf padding and
+        # NaN become the row's end, q * span + span - 1), so the flat array is sorted and a value of row q
+        # lands among row q's entries. Float64 keys resolve ~1e-9 at q * span ~ 1e7: an off-by-one bucket
+        # only for values that close to an estimate, which the exact check below turns into near ties.
+        self.span = 2.0 * branches + 4.0
+        base = torch.arange(num_q, dtype=torch.float64, device=device)[:, None] * self.span
+        inside = self.sorted.clamp(-1.0, self.span - 2.0).nan_to_num(self.span - 2.0) + 1.0
+        self.keys = (base + inside).view(-1)
+        self.sorted = self.sorted.view(-1)  # read back at q * width + bucket
+        # counts[q * width + b]; one more slot collects the near ties' increments (never read).
+        self.counts = torch.zeros(num_q * width + 1, dtype=torch.int64, device=device)
         self.width = width
         self.values = torch.full_like(estimates, math.nan)  # v_p; NaN until the positive's block is read
         self.near: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
-    def update(self, dist, q0, g0, pair_idx, pair_rows, pair_cols, g_pids, q_pids):
-        """Takes the (chunk, block) distances of queries q0.. against gallery items g0..; ``pair_*`` are
-        the positives inside it (flat index, row, column); ``g_pids`` the block's pids, ``q_pids`` the chunk's."""
+    def update(self, dist, q0, g0, pairs, candidates):
+        """Takes the (chunk, block) distances of queries q0.. against gallery items g0..; ``pairs`` are the
+        positives inside it (flat index, row, column), ``candidates`` the tile's kept negatives (bool)."""
+        pair_idx, pair_rows, pair_cols = pairs
         self.values[pair_idx] = dist[pair_rows, pair_cols].to(torch.float64)
-        b = dist.shape[0]
-        rows, cols = (dist <= self.threshold[q0 : q0 + b, None]).nonzero(as_tuple=True)
-        if rows.numel() == 0:
+        b, width = dist.shape[0], dist.shape[1]
+        threshold = self.threshold32 if dist.dtype == torch.float32 else self.threshold
+        select = torch.le(dist, threshold[q0 : q0 + b, None]).logical_and_(candidates)
+        flat = select.view(-1).nonzero().squeeze(1)  # row-major positions in the tile
+        del select
+        if flat.numel() == 0:
             return
-        pids = g_pids[cols]
-        negative = (pids != q_pids[rows]) & (pids != JUNK_PID)
-        rows, cols = rows[negative], cols[negative]
-        if rows.numel() == 0:
-            return
-        values = dist[rows, cols].to(torch.float64)
-        # Buckets by torch.searchsorted: the selected values packed row by row into a (chunk, most
-        # selected in a row) matrix (nonzero's order is row-major), padded with +inf.
-        per_row = torch.bincount(rows, minlength=b)
-        within = torch.arange(rows.shape[0], device=rows.device) - (torch.cumsum(per_row, 0) - per_row)[rows]
-        packed = torch.full((b, int(per_row.max().item())), math.inf, dtype=torch.float64, device=rows.device)
-        packed[rows, within] = values
-        bucket = torch.searchsorted(self.sorted[q0 : q0 + b], packed)[rows, within]
-        del packed
-        q = rows + q0
-        below = torch.where(bucket > 0, self.sorted[q, (bucket - 1).clamp_min(0)], -math.inf)
-        above = self.sorted[q, bucket]
+        values = dist.view(-1)[flat].to(torch.float64)
+        q = torch.div(flat, width, rounding_mode="floor") + q0
+        keys = self.keys[q0 * self.width : (q0 + b) * self.width]
+        wanted = q * self.span + (values.clamp(-1.0, self.span - 2.0) + 1.0)
+        at = torch.searchsorted(keys, wanted) + q0 * self.width  # q * width + bucket
+        bucket = at - q * self.width
+        # The exact test (float64, the true estimates): not near either neighbouring estimate = counted.
+        below = torch.where(bucket > 0, self.sorted[(at - 1).clamp_min(0)], -math.inf)
+        above = self.sorted[at.clamp_max(self.sorted.shape[0] - 1)]
         near = (values - below <= self.delta) | (above - values <= self.delta)
-        far = ~near
-        self.counts.index_add_(0, q[far] * self.width + bucket[far], torch.ones_like(q[far]))
+        dump = self.counts.shape[0] - 1
+        self.counts.index_add_(0, torch.where(near, dump, at), torch.ones_like(at))
         if near.any():
-            self.near.append((q[near], values[near], cols[near] + g0))
+            self.near.append((q[near], values[near], flat[near] % width + g0))
 
     def ranks(self, qi: torch.Tensor, gi: torch.Tensor, good: torch.Tensor):
         """(query, j, rank) of every positive of the ``good`` queries, j its 1-based place among the
@@ -234,7 +248,7 @@ class _ViewPass:
         query, t = query[is_pos], which[is_pos]
         j = pos_seen[is_pos] - pos_before[query]
         ties = tie_seen[is_pos] - tie_before[query]
-        counted = torch.cumsum(self.counts.view(num_q, self.width), 1)[query, self.sorted_pos[t]]
+        counted = torch.cumsum(self.counts[:-1].view(num_q, self.width), 1)[query, self.sorted_pos[t]]
         return query, j, j + counted + ties
 
 
@@ -306,7 +320,7 @@ def evaluate_gallery_pass(
         estimates["fusion"] = sum(estimates[n] for n in fusion)
     per_branch = DELTA_PER_BRANCH if _delta_per_branch is None else float(_delta_per_branch)
     state = {
-        v: _ViewPass(estimates[v], qi, slot, num_q, _delta(dtype, len(branches), per_branch))
+        v: _ViewPass(estimates[v], qi, slot, num_q, _delta(dtype, len(branches), per_branch), len(branches))
         for v, branches in views.items()
     }
 
@@ -317,6 +331,7 @@ def evaluate_gallery_pass(
     pair_order_t = torch.from_numpy(pair_order).to(device)
     q_pids_t = torch.from_numpy(q_pids).to(device)
     g_pids_t = torch.from_numpy(g_pids).to(device)
+    not_junk = g_pids_t != JUNK_PID
     chunks = range(0, num_q, chunk_size)
     for g0 in range(0, num_g, block_rows):
         g1 = min(g0 + block_rows, num_g)
@@ -328,17 +343,19 @@ def evaluate_gallery_pass(
         for c, q0 in enumerate(chunks):
             q1 = min(q0 + chunk_size, num_q)
             idx = pair_order_t[int(bounds[c]) : int(bounds[c + 1])]
-            args = (q0, g0, idx, qi[idx] - q0, gi[idx] - g0, g_pids_t[g0:g1], q_pids_t[q0:q1])
+            pairs = (idx, qi[idx] - q0, gi[idx] - g0)
+            # Kept negatives of the tile: another pid, not junk (shared by the views).
+            candidates = (q_pids_t[q0:q1, None] != g_pids_t[None, g0:g1]).logical_and_(not_junk[None, g0:g1])
             fused = None
             for n in names:
                 dist = cosine_distance_rows(query[n][q0:q1], block[n], q_inv[n][q0:q1], g_inv[n], upcast=upcast)
-                state[n].update(dist, *args)
+                state[n].update(dist, q0, g0, pairs, candidates)
                 if n in fusion:
                     # Summed in place in the features' order, as the streaming path does.
                     fused = dist if fused is None else fused.add_(dist)
                 del dist
             if fusion:
-                state["fusion"].update(fused, *args)
+                state["fusion"].update(fused, q0, g0, pairs, candidates)
             del fused
         del block, g_inv
 
