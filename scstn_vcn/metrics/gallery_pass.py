@@ -21,9 +21,11 @@ dropped; positives P_q are the items of q's pid from other cameras, negatives N_
    float32 matrices in the features' order), and these PASS values d are the ones ranked:
    - each positive's pass value v_p (and index i_p) is recorded;
    - a negative can precede a positive only if d <= max_p e_p + delta (below); those are selected and
-     given their bucket b = #{k : e_(k) < d} (``torch.searchsorted`` on the query's sorted estimates,
-     padded with +inf). If e_(b-1) >= d - delta or e_(b) <= d + delta the negative is a NEAR TIE and is
-     kept explicitly as (query, d, index); otherwise it is only counted: counts[q, b] += 1.
+     given their bucket b = #{k : e_(k) < d} (``torch.searchsorted`` on the chunk's sorted estimates,
+     padded with +inf, one flat search for the whole tile; a bucket that search gets wrong can only be
+     one next to an estimate within delta, so the test that follows catches it). If e_(b-1) >= d - delta
+     or e_(b) <= d + delta (exact, float64) the negative is a NEAR TIE and is kept explicitly as
+     (query, d, index); otherwise it is only counted: counts[q, b] += 1.
 
    delta bounds |v_p - e_p|, checked for every positive after the pass (step 3). Then a counted
    negative of bucket b precedes exactly the positives with s_p >= b:
@@ -55,12 +57,13 @@ most negatives near ties): its ranks are then those of the float32 distances, as
 
 Work and memory. Time: the same multiply-adds as the streaming path, plus O(chunk x block) comparisons
 per block instead of a sort of every row; the gallery is read once. Memory: a block's distance matrix and
-selection mask, 4 + 1 B per (query, gallery) element of the chunk x block_rows tile (20 MiB at 128 x
-32,768), and while the tile is processed about 100 B per selected negative (one closer than its query's
-farthest positive: the tile's share of the negatives ranked before a positive, small for a good model,
-at most the whole tile); 40 B per (query, positive slot) for the sorted estimates and bucket counts
-(q x P_max, P_max = most positives of a query); O(T) for the T positives; 24 B per near tie (a few per
-positive for features like a network's, whose distances spread over ~0.1 or more).
+masks, 4 + 2 B per (query, gallery) element of the chunk x block_rows tile (24 MiB at 128 x 32,768;
+4 B more for a fused view's sum), and while the tile is processed about 100 B per selected negative
+(one closer than its query's farthest positive: the tile's share of the negatives ranked before a
+positive, small for a good model, at most the whole tile); 40 B per (query, positive slot) for the
+sorted estimates and bucket counts (q x P_max, P_max = most positives of a query); O(T) for the T
+positives; 24 B per near tie (a few per positive for features like a network's, whose distances spread
+over ~0.1 or more); a few 256 x D float64 buffers while the estimates are computed.
 """
 
 from __future__ import annotations
@@ -84,8 +87,8 @@ DEFAULT_BLOCK_ROWS = 32_768
 # Bound on |float32 pass distance - float64 estimate| per branch (module docstring).
 DELTA_PER_BRANCH = 2e-5
 
-# Pairs (query, positive) whose estimates are computed at once: 1,024 x D x 8 B per gathered side.
-_ESTIMATE_PAIRS = 1024
+# Pairs (query, positive) whose estimates are computed at once: a few 256 x D x 8 B float64 buffers.
+_ESTIMATE_PAIRS = 256
 
 
 def _delta(dtype: torch.dtype, branches: int, per_branch: float) -> float:
