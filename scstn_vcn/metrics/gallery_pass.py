@@ -139,15 +139,17 @@ def _normalised64(x: torch.Tensor, device) -> torch.Tensor:
 
 
 def _estimates(query: torch.Tensor, gallery: torch.Tensor, qi: np.ndarray, gi: np.ndarray, device) -> torch.Tensor:
-    """float64 cosine distances of the pairs (qi, gi); only the pairs' gallery rows are read."""
+    """float64 cosine distances of the pairs (qi, gi); only the pairs' gallery rows are read, each once
+    per piece and in ascending order over the whole gallery (a memory-mapped file is swept once)."""
     out = torch.empty(qi.shape[0], dtype=torch.float64, device=device)
+    by_gallery = np.argsort(gi, kind="stable")
     for start in range(0, qi.shape[0], _ESTIMATE_PAIRS):
-        q_rows, g_rows = qi[start : start + _ESTIMATE_PAIRS], gi[start : start + _ESTIMATE_PAIRS]
-        # Each gallery row once, in file order (a memory-mapped gallery is read sequentially).
-        unique_g, inverse = np.unique(g_rows, return_inverse=True)
+        pairs = by_gallery[start : start + _ESTIMATE_PAIRS]
+        unique_g, inverse = np.unique(gi[pairs], return_inverse=True)
         g_hat = _normalised64(gallery[torch.from_numpy(unique_g).to(gallery.device)], device)
-        q_hat = _normalised64(query[torch.from_numpy(q_rows).to(query.device)], device)
-        out[start : start + q_rows.shape[0]] = 1.0 - (q_hat * g_hat[torch.from_numpy(inverse).to(device)]).sum(1)
+        q_hat = _normalised64(query[torch.from_numpy(qi[pairs]).to(query.device)], device)
+        dist = 1.0 - (q_hat * g_hat[torch.from_numpy(inverse).to(device)]).sum(1)
+        out[torch.from_numpy(pairs).to(device)] = dist
     return out
 
 
@@ -195,7 +197,7 @@ class _ViewPass:
         positives inside it (flat index, row, column), ``candidates`` the tile's kept negatives (bool)."""
         pair_idx, pair_rows, pair_cols = pairs
         self.values[pair_idx] = dist[pair_rows, pair_cols].to(torch.float64)
-        b, width = dist.shape[0], dist.shape[1]
+        b, tile_cols = dist.shape[0], dist.shape[1]
         threshold = self.threshold32 if dist.dtype == torch.float32 else self.threshold
         select = torch.le(dist, threshold[q0 : q0 + b, None]).logical_and_(candidates)
         flat = select.view(-1).nonzero().squeeze(1)  # row-major positions in the tile
@@ -203,7 +205,7 @@ class _ViewPass:
         if flat.numel() == 0:
             return
         values = dist.view(-1)[flat].to(torch.float64)
-        q = torch.div(flat, width, rounding_mode="floor") + q0
+        q = torch.div(flat, tile_cols, rounding_mode="floor") + q0
         keys = self.keys[q0 * self.width : (q0 + b) * self.width]
         wanted = q * self.span + (values.clamp(-1.0, self.span - 2.0) + 1.0)
         at = torch.searchsorted(keys, wanted) + q0 * self.width  # q * width + bucket
@@ -215,7 +217,7 @@ class _ViewPass:
         dump = self.counts.shape[0] - 1
         self.counts.index_add_(0, torch.where(near, dump, at), torch.ones_like(at))
         if near.any():
-            self.near.append((q[near], values[near], flat[near] % width + g0))
+            self.near.append((q[near], values[near], flat[near] % tile_cols + g0))
 
     def ranks(self, qi: torch.Tensor, gi: torch.Tensor, good: torch.Tensor):
         """(query, j, rank) of every positive of the ``good`` queries, j its 1-based place among the
