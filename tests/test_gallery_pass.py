@@ -287,12 +287,12 @@ def test_positive_pairs():
 
 
 def test_when_the_pass_is_used(monkeypatch):
-    assert gp.use_gallery_pass(None, gp.GALLERY_PASS_MIN_ITEMS, rerank=None, fprs=None)
-    assert gp.use_gallery_pass(None, gp.GALLERY_PASS_MIN_ITEMS, rerank=None, fprs=())
-    assert not gp.use_gallery_pass(None, gp.GALLERY_PASS_MIN_ITEMS - 1, rerank=None, fprs=None)
+    assert gp.use_gallery_pass(None, gp.GALLERY_PASS_MIN_ITEMS, record_topk=None, fprs=None)
+    assert gp.use_gallery_pass(None, gp.GALLERY_PASS_MIN_ITEMS, record_topk=None, fprs=())
+    assert not gp.use_gallery_pass(None, gp.GALLERY_PASS_MIN_ITEMS - 1, record_topk=None, fprs=None)
     assert not gp.use_gallery_pass(None, gp.GALLERY_PASS_MIN_ITEMS, record_topk=5, fprs=None)
     assert not gp.use_gallery_pass(None, gp.GALLERY_PASS_MIN_ITEMS, fprs=(1e-3,))
-    assert gp.use_gallery_pass(True, 10, rerank=None) and not gp.use_gallery_pass(False, 10**7)
+    assert gp.use_gallery_pass(True, 10, record_topk=None) and not gp.use_gallery_pass(False, 10**7)
     # evaluate_features takes it above the threshold without being asked.
     qf, gf, ids = _data(seed=10)
     calls = []
@@ -318,7 +318,6 @@ def test_when_the_pass_is_used(monkeypatch):
 @pytest.mark.parametrize(
     ("option", "value"),
     [
-        ("rerank", RerankConfig(k1=5, k2=2)),
         ("record_topk", 5),
         ("query_expansion", QueryExpansionConfig(qe_k=2)),
         ("fprs", (1e-3,)),
@@ -335,3 +334,63 @@ def test_gallery_pass_must_be_a_bool_or_none():
     qf, gf, ids = _data(seed=12, num_g=100)
     with pytest.raises(TypeError, match="gallery_pass must be True, False or None"):
         evaluate_features(qf, gf, *ids, fprs=None, gallery_pass="yes")
+
+
+@pytest.mark.parametrize(
+    ("chunk", "block_rows", "k1", "k2", "lam"), [(9, 250, 6, 3, 0.3), (37, 1003, 5, 1, 0.0), (4, 77, 8, 8, 1.0)]
+)
+def test_reranked_rows_equal_the_streaming_path(chunk, block_rows, k1, k2, lam):
+    """The "+rk" rows of the pass: the same ranks as the sorts of the streaming path's re-ranked chunks,
+    for every view, at odd block and chunk sizes, lambda 0 (Jaccard only) and 1 (D^2 only)."""
+    qf, gf, ids = _data(seed=21, noise=0.9)
+    rerank = RerankConfig(k1=k1, k2=k2, lambda_value=lam)
+    got = evaluate_features(
+        qf, gf, *ids, chunk_size=chunk, max_rank=CMC_LEN, fprs=None, rerank=rerank, gallery_pass=True
+    )
+    want = _streaming(qf, gf, ids, chunk, rerank=rerank)
+    assert set(got) == set(want) == {"global", "spatial", "fusion", "global+rk", "spatial+rk", "fusion+rk"}
+    for view in want:
+        _assert_same(got[view], want[view])
+    assert got["fusion+rk"]["neighbours"] == {
+        **want["fusion+rk"]["neighbours"],
+        "seconds": got["fusion+rk"]["neighbours"]["seconds"],
+    }
+    # the re-ranking changes the ranking (the rows test something)
+    assert got["fusion+rk"]["mAP"] != got["fusion"]["mAP"] or lam == 1.0
+
+
+def test_reranked_rows_match_a_dense_reference_and_survive_the_fallback(monkeypatch):
+    """Against the dense published algorithm (tests/dense_rerank.py) through evaluate_rank_full, and with
+    delta forced tiny so that every query is evaluated again by the fallback."""
+    from dense_rerank import all_distances, k_reciprocal_dense
+
+    qf, gf, ids = _data(seed=22, num_q=23, num_g=401, noise=0.9, dtype=torch.float64)
+    rerank = RerankConfig(k1=7, k2=3)
+    encodings, report = _encodings(qf, gf, rerank)
+    fallback_rows = []
+    original = gp._RerankedView.rows
+
+    def spy(self, dist_rows, rows):
+        fallback_rows.append(len(rows))
+        return original(self, dist_rows, rows)
+
+    monkeypatch.setattr(gp._RerankedView, "rows", spy)
+    for delta in (None, -1.0):
+        # a negative bound fails every check: every query is evaluated again by the fallback
+        monkeypatch.setattr(gp._RerankedView, "delta", lambda self, e, qi, d, forced=delta: forced or 1e-12)
+        got = _pass(qf, gf, ids, chunk=5, block_rows=128, encodings=encodings, _delta_per_branch=delta)
+        for view, branches in (("global", ("global",)), ("fusion", NAMES)):
+            full = all_distances({b: qf[b].numpy() for b in branches}, {b: gf[b].numpy() for b in branches})
+            dense = k_reciprocal_dense(full, qf["global"].shape[0], k1=7, k2=3, lambda_value=0.3)
+            want = evaluate_rank_full(dense, *ids, max_rank=CMC_LEN)
+            assert got[view + "+rk"]["mAP"] == pytest.approx(want["mAP"], abs=1e-12)
+            np.testing.assert_allclose(got[view + "+rk"]["cmc"], want["cmc"][:CMC_LEN], atol=1e-12)
+        # three re-ranked views (global, spatial, fusion), each query with positives evaluated again
+        assert sum(fallback_rows) == (3 * got["global"]["num_valid_queries"] if delta else 0)
+        fallback_rows.clear()
+
+
+def _encodings(qf, gf, rerank):
+    from scstn_vcn.metrics.streaming import _rerank_encodings
+
+    return _rerank_encodings(qf, gf, list(NAMES), NAMES, rerank, None, 64, torch.device("cpu"))

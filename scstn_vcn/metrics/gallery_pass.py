@@ -99,7 +99,7 @@ def _delta(dtype: torch.dtype, branches: int, per_branch: float) -> float:
 def use_gallery_pass(gallery_pass, num_gallery: int, **needs_sorted_rows) -> bool:
     """Whether evaluate_features takes the gallery pass: ``gallery_pass`` True / False, or None for
     galleries of at least GALLERY_PASS_MIN_ITEMS items. ``needs_sorted_rows`` are the options that need
-    sorted rows (rerank, query_expansion, record_topk, fprs): with any of them set (not None, not empty)
+    sorted rows (query_expansion, record_topk, fprs): with any of them set (not None, not empty)
     None means no, and True is a ValueError naming them."""
     if gallery_pass not in (None, True, False):
         raise TypeError(f"gallery_pass must be True, False or None, got {gallery_pass!r}")
@@ -257,6 +257,75 @@ class _ViewPass:
         return query, j, j + counted + ties
 
 
+class _RerankedView:
+    """A view's k-reciprocal re-ranked distances, tile by tile (scstn_vcn.metrics.rerank):
+
+        R[q, j] = D[q, j]^2 / max_q * lambda + (1 - lambda) (1 - m / (2 - m)),   m = m[q, j]
+
+    For the (few) pairs that share a column of V_qe, m comes from ``KReciprocalEncoding.jaccard_pairs``;
+    every other pair has m = 0, whose Jaccard term is exactly 1 - lambda. Each element is computed by the
+    same float operations, in the same order, as ``KReciprocalEncoding.distances`` computes it for a
+    query chunk, so a tile holds the values the streaming path ranks (for the same D). The pairs are kept
+    for all queries, ordered by (gallery block, query) so that a tile's pairs are one contiguous run."""
+
+    def __init__(self, encoding, num_q: int, num_g: int, block_rows: int, chunk_size: int, device):
+        rows, cols, terms = [], [], []
+        for q0 in range(0, num_q, chunk_size):
+            row, col, m = encoding.jaccard_pairs(q0, min(q0 + chunk_size, num_q))
+            rows.append(row + q0)
+            cols.append(col)
+            terms.append(encoding.jaccard_term(m))
+        row, col, term = torch.cat(rows), torch.cat(cols), torch.cat(terms)
+        self.encoding = encoding
+        self.lam = float(encoding.config.lambda_value)
+        self.den = encoding.denominator[:num_q]
+        self.zero_term = encoding.jaccard_term(torch.zeros(1, dtype=term.dtype, device=device))
+        self.num_q, self.num_g, self.block_rows = num_q, num_g, block_rows
+        self.pair_keys, self.pair_terms = row * num_g + col, term  # sorted by (query, item): lookups
+        tile_keys = torch.div(col, block_rows, rounding_mode="floor") * num_q + row
+        order = torch.sort(tile_keys, stable=True).indices
+        self.tile_keys, self.row, self.col, self.term = tile_keys[order], row[order], col[order], term[order]
+
+    def estimates(self, estimates: torch.Tensor, qi: torch.Tensor, gi: torch.Tensor) -> torch.Tensor:
+        """float64 re-ranked distances of the positive pairs (qi, gi) from their float64 estimates of D."""
+        keys = qi * self.num_g + gi
+        at = torch.searchsorted(self.pair_keys, keys).clamp_max(max(self.pair_keys.shape[0] - 1, 0))
+        term = torch.full_like(estimates, float(self.zero_term[0]))
+        if self.pair_keys.numel():
+            found = self.pair_keys[at] == keys
+            term[found] = self.pair_terms[at[found]].to(torch.float64)
+        return estimates * estimates / self.den[qi].to(torch.float64) * self.lam + term
+
+    def delta(self, estimates: torch.Tensor, qi: torch.Tensor, delta: float) -> float:
+        """A bound on |R (float, from the pass's D) - its float64 estimate| over the positives, from
+        |D - estimate| <= delta: lambda |D^2 - e^2| / max <= lambda delta (2 |e| + delta) / max, plus the
+        rounding of the few float operations of R (values of at most about 1)."""
+        if not estimates.numel():
+            return delta
+        spread = self.lam * delta * (2 * estimates.abs() + delta) / self.den[qi].to(torch.float64)
+        eps = torch.finfo(self.den.dtype).eps
+        return float(spread.nan_to_num(math.inf).max()) + 16 * eps
+
+    def tile(self, dist: torch.Tensor, q0: int, g0: int) -> torch.Tensor:
+        """R of queries q0.. (dist's rows) against gallery items g0.. (dist's columns)."""
+        b = dist.shape[0]
+        dist = dist.to(self.den.dtype)
+        sq = torch.mul(dist, dist).div_(self.den[q0 : q0 + b, None]).mul_(self.lam)
+        out = torch.add(sq, self.zero_term)
+        first = (g0 // self.block_rows) * self.num_q
+        lo, hi = torch.searchsorted(self.tile_keys, torch.tensor([first + q0, first + q0 + b], device=dist.device))
+        if hi > lo:
+            r, c = self.row[lo:hi] - q0, self.col[lo:hi] - g0
+            out[r, c] = sq[r, c] + self.term[lo:hi]
+        return out
+
+    def rows(self, dist_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """R of whole rows (the fallback): the encoding's own chunk computation, a query at a time."""
+        return torch.cat(
+            [self.encoding.distances(int(r), int(r) + 1, dist_rows[i : i + 1]) for i, r in enumerate(rows)]
+        )
+
+
 def _rows_of(query, gallery, q_inv, branches, rows, block_rows, device, upcast):
     """Full distance rows of the queries ``rows`` for one view (its branches summed), block by block
     exactly as the pass computes them."""
@@ -286,6 +355,7 @@ def evaluate_gallery_pass(
     chunk_size: int,
     evaluator_type,
     block_rows: int = DEFAULT_BLOCK_ROWS,
+    encodings=None,
     _delta_per_branch: float | None = None,
 ) -> dict[str, dict]:
     """{view: result} for every feature in ``names`` and, when ``fusion`` (a tuple of names in the
@@ -297,7 +367,9 @@ def evaluate_gallery_pass(
     int64 numpy arrays. Per-query sums are folded in query chunks of ``chunk_size``, the streaming
     path's order. ``evaluator_type`` is ``StreamingRankEvaluator`` (handed in by
     scstn_vcn.metrics.streaming, which imports this module): it holds the sums and evaluates the
-    fallback queries. ``_delta_per_branch`` overrides ``DELTA_PER_BRANCH`` (tests force the fallback)."""
+    fallback queries. ``encodings`` ({view: KReciprocalEncoding}, scstn_vcn.metrics.rerank) adds a row
+    view + "+rk" ranked by the view's re-ranked distances (``_RerankedView``), in the same pass.
+    ``_delta_per_branch`` overrides ``DELTA_PER_BRANCH`` (tests force the fallback)."""
     q_pids, g_pids, q_camids, g_camids = ids
     if not isinstance(block_rows, (int, np.integer)) or isinstance(block_rows, bool) or block_rows < 1:
         raise ValueError(f"block_rows must be a positive integer, got {block_rows!r}")
@@ -324,10 +396,14 @@ def evaluate_gallery_pass(
     if fusion:
         estimates["fusion"] = sum(estimates[n] for n in fusion)
     per_branch = DELTA_PER_BRANCH if _delta_per_branch is None else float(_delta_per_branch)
-    state = {
-        v: _ViewPass(estimates[v], qi, slot, num_q, _delta(dtype, len(branches), per_branch), len(branches))
-        for v, branches in views.items()
-    }
+    deltas = {v: _delta(dtype, len(branches), per_branch) for v, branches in views.items()}
+    state = {v: _ViewPass(estimates[v], qi, slot, num_q, deltas[v], len(branches)) for v, branches in views.items()}
+    reranked = {}
+    for v, encoding in (encodings or {}).items():
+        reranked[v] = _RerankedView(encoding, num_q, num_g, block_rows, chunk_size, device)
+        rk_estimates = reranked[v].estimates(estimates[v], qi, gi)
+        rk_delta = reranked[v].delta(estimates[v], qi, deltas[v])
+        state[v + "+rk"] = _ViewPass(rk_estimates, qi, slot, num_q, rk_delta, 1)
 
     # The positives ordered by (block, query), so each (block, chunk) holds a contiguous run of them.
     block_of = gi_np // block_rows
@@ -355,17 +431,22 @@ def evaluate_gallery_pass(
             for n in names:
                 dist = cosine_distance_rows(query[n][q0:q1], block[n], q_inv[n][q0:q1], g_inv[n], upcast=upcast)
                 state[n].update(dist, q0, g0, pairs, candidates)
+                if n in reranked:
+                    state[n + "+rk"].update(reranked[n].tile(dist, q0, g0), q0, g0, pairs, candidates)
                 if n in fusion:
                     # Summed in place in the features' order, as the streaming path does.
                     fused = dist if fused is None else fused.add_(dist)
                 del dist
             if fusion:
                 state["fusion"].update(fused, q0, g0, pairs, candidates)
+                if "fusion" in reranked:
+                    state["fusion+rk"].update(reranked["fusion"].tile(fused, q0, g0), q0, g0, pairs, candidates)
             del fused
         del block, g_inv
 
     results = {}
-    for view, branches in views.items():
+    outputs = [(v, b, None) for v, b in views.items()] + [(v + "+rk", views[v], reranked[v]) for v in reranked]
+    for view, branches, rk in outputs:
         view_pass = state.pop(view)
         # Step 3: the bound behind every count, checked for every positive (NaN fails).
         outside = ~((view_pass.values - view_pass.estimates).abs() <= view_pass.delta)
@@ -399,6 +480,8 @@ def evaluate_gallery_pass(
         for start in range(0, fallback.shape[0], chunk_size):
             rows = fallback[start : start + chunk_size]
             dist = _rows_of(query, gallery, q_inv, branches, rows, block_rows, device, upcast)
+            if rk is not None:
+                dist = rk.rows(dist, rows)
             rows_np = rows.cpu().numpy()
             evaluator.update(dist, q_pids[rows_np], q_camids[rows_np])
             del dist

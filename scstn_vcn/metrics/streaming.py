@@ -206,19 +206,11 @@ def _evaluate_feature_set(
     q_pids, g_pids, q_camids, g_camids = ids
     outputs = names + (["fusion"] if fusion else [])
     evaluators = {n + suffix: StreamingRankEvaluator(g_pids, g_camids, cmc_len, device, record_topk) for n in outputs}
-    encodings = {}
-    if rerank is not None:
-        items = ItemFeatures(query, gallery, device)
-        views = {n: (n,) for n in names}
-        if fusion:
-            views["fusion"] = fusion
-        # One pass over the distance blocks serves every view (the fusion sums the branches' blocks); or the
-        # faiss backends of scstn_vcn.metrics.neighbours, one index per view.
-        found, neighbour_report = find_neighbours(items, views, rerank.k1 + 1, neighbours, int(chunk_size))
-        for view, branches in views.items():
-            encodings[view] = KReciprocalEncoding(items, branches, found.pop(view), rerank, int(chunk_size))
-            evaluators[view + suffix + "+rk"] = StreamingRankEvaluator(g_pids, g_camids, cmc_len, device, record_topk)
-        del items, found
+    encodings, neighbour_report = _rerank_encodings(
+        query, gallery, names, fusion, rerank, neighbours, chunk_size, device
+    )
+    for view in encodings:
+        evaluators[view + suffix + "+rk"] = StreamingRankEvaluator(g_pids, g_camids, cmc_len, device, record_topk)
     # Every row's distances also feed its TPR@FPR accumulator (scstn_vcn.metrics.verification).
     masks = PairMasks(g_pids, g_camids, device) if fprs else None  # each chunk's pair masks, made once
     verifiers = {
@@ -265,12 +257,35 @@ def _evaluate_feature_set(
     results = {name: evaluator.compute() for name, evaluator in evaluators.items()}
     for name, verifier in verifiers.items():
         results[name]["verification"] = verifier.compute()
+    _add_neighbour_reports(results, encodings, neighbour_report, suffix)
+    return results
+
+
+def _rerank_encodings(query, gallery, names, fusion, rerank, neighbours, chunk_size, device):
+    """({view: KReciprocalEncoding}, the neighbour search's report) for every feature and the fusion, or
+    ({}, None) without ``rerank``."""
+    if rerank is None:
+        return {}, None
+    items = ItemFeatures(query, gallery, device)
+    views = {n: (n,) for n in names}
+    if fusion:
+        views["fusion"] = fusion
+    # One pass over the distance blocks serves every view (the fusion sums the branches' blocks); or the
+    # faiss backends of scstn_vcn.metrics.neighbours, one index per view.
+    found, report = find_neighbours(items, views, rerank.k1 + 1, neighbours, int(chunk_size))
+    encodings = {
+        view: KReciprocalEncoding(items, branches, found.pop(view), rerank, int(chunk_size))
+        for view, branches in views.items()
+    }
+    return encodings, report
+
+
+def _add_neighbour_reports(results, encodings, neighbour_report, suffix=""):
     for view in encodings:
         # how the re-ranked row's neighbours were found: backend, parameters, time, measured recall
         report = {k: v for k, v in neighbour_report.items() if k != "views"}
         report.update(neighbour_report.get("views", {}).get(view, {}))
         results[view + suffix + "+rk"]["neighbours"] = report
-    return results
 
 
 @torch.no_grad()
@@ -327,8 +342,8 @@ def evaluate_features(
     in blocks, counting the negatives before each positive, with the same ranks and metrics as the query
     chunks' sorts, in O(chunk_size x block + num_query x most positives) memory. None (default) uses it
     for galleries of at least GALLERY_PASS_MIN_ITEMS (200,000) items when no option needs sorted rows
-    (rerank, query_expansion, record_topk None and fprs None or empty); True always (a ValueError names
-    the option that needs sorted rows if one is set); False never.
+    (query_expansion, record_topk None and fprs None or empty; re-ranking is ranked in the same pass);
+    True always (a ValueError names the option that needs sorted rows if one is set); False never.
     Features may be memory-mapped numpy arrays (scstn_vcn.metrics.feature_store.open_features): they are
     read a block at a time, never copied whole.
 
@@ -362,7 +377,6 @@ def evaluate_features(
     gallery_pass = use_gallery_pass(
         gallery_pass,
         g_pids.shape[0],
-        rerank=rerank,
         query_expansion=query_expansion,
         record_topk=record_topk,
         fprs=fprs,
@@ -379,6 +393,7 @@ def evaluate_features(
     settings["fprs"] = check_fprs(fprs or (), "fprs")
     settings["neighbours"] = neighbours
     if gallery_pass:
+        encodings, report = _rerank_encodings(query, gallery, names, fusion, rerank, neighbours, chunk_size, device)
         results = evaluate_gallery_pass(
             query,
             gallery,
@@ -389,7 +404,9 @@ def evaluate_features(
             cmc_len=settings["cmc_len"],
             chunk_size=int(chunk_size),
             evaluator_type=StreamingRankEvaluator,
+            encodings=encodings,
         )
+        _add_neighbour_reports(results, encodings, report)
         return {name: _summary(result, max_rank) for name, result in results.items()}
     results = _evaluate_feature_set(
         query, gallery, names, fusion, ids, suffix="", rerank=None if query_expansion else rerank, **settings
