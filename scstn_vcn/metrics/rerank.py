@@ -66,7 +66,7 @@ import torch
 
 from .item_features import ItemFeatures
 from .knn import Neighbours, block_size_for, nearest_neighbours
-from .sparse_rows import SparseRows, expand_ranges, sum_duplicates
+from .sparse_rows import SparseRows, sum_duplicates
 
 # Rows per chunk when k_reciprocal_rerank is not told (evaluate_features' DEFAULT_CHUNK_SIZE).
 _DEFAULT_CHUNK_ROWS = 512
@@ -168,7 +168,17 @@ class KReciprocalEncoding:
         self.denominator = torch.where(neighbours.sq_max > 0, neighbours.sq_max, torch.ones_like(neighbours.sq_max))
         v = self._encode(items, neighbours)
         self.v_qe = self._expand(v, neighbours.index) if config.k2 > 1 else v
+        del v
         self._build_gallery_index()
+        # The query chunks read V_qe's query rows only; the gallery's rows live on in the column index.
+        # Dropping them halves the encoding's memory at galleries of millions (copies: slices would keep
+        # the whole arrays alive).
+        end = int(self.v_qe.ptr[self.num_query])
+        self.v_qe = SparseRows(
+            ptr=self.v_qe.ptr[: self.num_query + 1].clone(),
+            col=self.v_qe.col[:end].clone(),
+            val=self.v_qe.val[:end].clone(),
+        )
 
     # ---------------------------------------------------------------------------------- V
 
@@ -226,32 +236,37 @@ class KReciprocalEncoding:
     def _expand(self, v: SparseRows, index: torch.Tensor) -> SparseRows:
         """V_qe[i] = mean of V[j] over i's k2 nearest items, in chunks of rows."""
         n, k2 = v.num_rows, self.config.k2
-        rows_out, cols_out, vals_out = [], [], []
+        counts_out, cols_out, vals_out = [], [], []
         for start in range(0, n, self.chunk_size):
             stop = min(start + self.chunk_size, n)
             nbr = index[start:stop, :k2].flatten()  # (i, p) row-major: V[j] summed in neighbour order
             owner, pos = v.entries_of(nbr)
             part = sum_duplicates(stop - start, n, owner // k2, v.col[pos], v.val[pos])
-            counts = part.row_counts()
-            rows_out.append(torch.repeat_interleave(torch.arange(start, stop, device=index.device), counts))
+            counts_out.append(part.row_counts())
             cols_out.append(part.col)
             vals_out.append(part.val.div_(k2))
-        return SparseRows.from_sorted_entries(n, torch.cat(rows_out), torch.cat(cols_out), torch.cat(vals_out))
+        ptr = torch.zeros(n + 1, dtype=torch.int64, device=index.device)
+        torch.cumsum(torch.cat(counts_out), 0, out=ptr[1:])
+        return SparseRows(ptr=ptr, col=torch.cat(cols_out), val=torch.cat(vals_out))
 
     # ------------------------------------------------------------------------- query chunks
 
     def _build_gallery_index(self) -> None:
         """For each column k, the gallery items j with V_qe[j, k] != 0 (ascending) and the values."""
-        q, n = self.num_query, self.num_query + self.num_gallery
+        q, g = self.num_query, self.num_gallery
+        n = q + g
         v = self.v_qe
         first = int(v.ptr[q])
-        owner, _ = expand_ranges(v.ptr[q:n], v.ptr[q + 1 : n + 1])
         col = v.col[first:]
-        col_sorted, order = col.sort(stable=True)
-        counts = torch.bincount(col_sorted, minlength=n)
+        counts = torch.bincount(col, minlength=n)
         self.column_ptr = torch.zeros(n + 1, dtype=torch.int64, device=col.device)
         torch.cumsum(counts, 0, out=self.column_ptr[1:])
-        self.column_rows = owner[order]  # gallery-local row
+        order = torch.argsort(col, stable=True)
+        # gallery-local rows, 32-bit where they fit (the index is the encoding's largest part)
+        rtype = torch.int32 if g < 2**31 else torch.int64
+        owner = torch.repeat_interleave(torch.arange(g, dtype=rtype, device=col.device), v.row_counts()[q:])
+        self.column_rows = owner[order]
+        del owner
         self.column_vals = v.val[first:][order]
 
     def _overlap_steps(self, start: int, stop: int, itype: torch.dtype):
@@ -265,7 +280,6 @@ class KReciprocalEncoding:
         counts = self.column_ptr[cols + 1] - lo
         ends = torch.cumsum(counts, 0)
         base = (owner * g).to(itype)  # where each entry's query row starts in m
-        column_rows = self.column_rows.to(itype)
         # pairs per step: about 30 bytes of index and value arrays a pair, so 1/8 of the chunk's (chunk, g)
         # keeps them below the size of m itself
         budget = max((stop - start) * g // 8, g)
@@ -281,7 +295,8 @@ class KReciprocalEncoding:
             where = torch.arange(total, dtype=itype, device=dev).add_(
                 torch.repeat_interleave(shift, cnt, output_size=total)
             )
-            target = torch.repeat_interleave(base[first:last], cnt, output_size=total).add_(column_rows[where])
+            target = torch.repeat_interleave(base[first:last], cnt, output_size=total)
+            target.add_(self.column_rows[where].to(itype))
             value = torch.repeat_interleave(vals[first:last], cnt, output_size=total)
             torch.minimum(value, self.column_vals[where], out=value)
             yield target, value
