@@ -285,6 +285,26 @@ def test_jaccard_pairs_are_the_non_zero_overlaps_bit_for_bit(dtype):
         assert torch.equal(encoding.jaccard_term(zero), torch.full_like(zero, 1 - 0.3))
 
 
+def test_column_index_built_in_ranges_equals_one_range(monkeypatch):
+    """The transpose of V_qe written a range of gallery rows at a time (the memory bound at millions of
+    items) gives the same column index, hence the same distances, as one range."""
+    import scstn_vcn.metrics.rerank as rr
+
+    gen = torch.Generator().manual_seed(5)
+    label = torch.randint(0, 9, (140,), generator=gen)
+    x = torch.randn(9, 8, generator=gen)[label] + 0.5 * torch.randn(140, 8, generator=gen)
+    items = ItemFeatures({"f": x[:17]}, {"f": x[17:]})
+    neighbours = nearest_neighbours(items, {"v": ("f",)}, 7, 64)["v"]
+    whole = KReciprocalEncoding(items, ("f",), neighbours, RerankConfig(6, 3), 8)
+    monkeypatch.setattr(rr, "_TRANSPOSE_ENTRIES", 7)
+    ranges = KReciprocalEncoding(items, ("f",), neighbours, RerankConfig(6, 3), 8)
+    for name in ("column_ptr", "column_rows", "column_vals"):
+        assert torch.equal(getattr(whole, name), getattr(ranges, name)), name
+    assert whole.column_rows.dtype == torch.int32 and whole.v_qe.num_rows == 17  # only the query rows kept
+    dist = torch.rand(17, 123)
+    assert torch.equal(whole.distances(0, 17, dist), ranges.distances(0, 17, dist))
+
+
 @pytest.mark.parametrize("k1", range(1, 42))
 def test_expansion_k_rounds_half_to_even_like_numpy(k1):
     assert RerankConfig(k1, 1).expansion_k == int(np.around(k1 / 2.0))

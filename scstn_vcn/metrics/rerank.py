@@ -68,6 +68,15 @@ from .item_features import ItemFeatures
 from .knn import Neighbours, block_size_for, nearest_neighbours
 from .sparse_rows import SparseRows, sum_duplicates
 
+# Entries of V_qe transposed into the column index at a time (a range of gallery rows).
+_TRANSPOSE_ENTRIES = 1 << 24
+
+
+def _index_type(size: int) -> torch.dtype:
+    """32-bit indices below 2^31 items, else 64-bit."""
+    return torch.int32 if size < 2**31 else torch.int64
+
+
 # Rows per chunk when k_reciprocal_rerank is not told (evaluate_features' DEFAULT_CHUNK_SIZE).
 _DEFAULT_CHUNK_ROWS = 512
 
@@ -243,7 +252,7 @@ class KReciprocalEncoding:
             owner, pos = v.entries_of(nbr)
             part = sum_duplicates(stop - start, n, owner // k2, v.col[pos], v.val[pos])
             counts_out.append(part.row_counts())
-            cols_out.append(part.col)
+            cols_out.append(part.col.to(_index_type(n)))  # 32-bit columns where they fit: V_qe is large
             vals_out.append(part.val.div_(k2))
         ptr = torch.zeros(n + 1, dtype=torch.int64, device=index.device)
         torch.cumsum(torch.cat(counts_out), 0, out=ptr[1:])
@@ -256,18 +265,33 @@ class KReciprocalEncoding:
         q, g = self.num_query, self.num_gallery
         n = q + g
         v = self.v_qe
+        dev = v.col.device
         first = int(v.ptr[q])
         col = v.col[first:]
-        counts = torch.bincount(col, minlength=n)
-        self.column_ptr = torch.zeros(n + 1, dtype=torch.int64, device=col.device)
-        torch.cumsum(counts, 0, out=self.column_ptr[1:])
-        order = torch.argsort(col, stable=True)
-        # gallery-local rows, 32-bit where they fit (the index is the encoding's largest part)
-        rtype = torch.int32 if g < 2**31 else torch.int64
-        owner = torch.repeat_interleave(torch.arange(g, dtype=rtype, device=col.device), v.row_counts()[q:])
-        self.column_rows = owner[order]
-        del owner
-        self.column_vals = v.val[first:][order]
+        self.column_ptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+        torch.cumsum(torch.bincount(col, minlength=n), 0, out=self.column_ptr[1:])
+        # The transpose is written in place, a range of gallery rows at a time (a stable sort of each
+        # range's entries by column; ranges in row order), so that no sort of all entries (and its 8-byte
+        # permutation) exists at once: the column index is the encoding's largest part at millions of items.
+        self.column_rows = torch.empty(col.shape[0], dtype=_index_type(g), device=dev)  # gallery-local rows
+        self.column_vals = torch.empty(col.shape[0], dtype=v.val.dtype, device=dev)
+        next_free = self.column_ptr[:-1].clone()
+        row_counts = v.row_counts()[q:]
+        ptr = v.ptr[q:] - first
+        step = max(1, _TRANSPOSE_ENTRIES * g // max(col.shape[0], 1))
+        for g0 in range(0, g, step):
+            g1 = min(g0 + step, g)
+            e0, e1 = int(ptr[g0]), int(ptr[g1])
+            cols, order = torch.sort(col[e0:e1].long(), stable=True)
+            columns, counts = torch.unique_consecutive(cols, return_counts=True)
+            within = torch.arange(cols.shape[0], device=dev) - torch.repeat_interleave(
+                torch.cumsum(counts, 0) - counts, counts
+            )
+            dest = next_free[cols] + within
+            owner = torch.repeat_interleave(torch.arange(g0, g1, device=dev), row_counts[g0:g1])
+            self.column_rows[dest] = owner[order].to(self.column_rows.dtype)
+            self.column_vals[dest] = v.val[first + e0 : first + e1][order]
+            next_free[columns] += counts
 
     def _overlap_steps(self, start: int, stop: int, itype: torch.dtype):
         """The terms of m for queries [start, stop), in steps: (target, value) with target = local query row
