@@ -17,10 +17,9 @@ import sys
 import time
 
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from large_gallery import MemorySampler, save  # noqa: E402
+from large_gallery import MemorySampler, save, use_threads  # noqa: E402
 
 from scstn_vcn.metrics.feature_store import open_features  # noqa: E402
 from scstn_vcn.metrics.gallery_index import GalleryIndex, normalised_view  # noqa: E402
@@ -55,10 +54,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json")
     args = parser.parse_args()
-    import faiss
-
-    faiss.omp_set_num_threads(args.threads)
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     path = args.index or os.path.join(os.path.dirname(os.path.abspath(args.gallery)), "gallery.index")
     built = None
     if not os.path.isfile(path):

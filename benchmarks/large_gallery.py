@@ -124,6 +124,16 @@ def machine():
     }
 
 
+def use_threads(threads):
+    """torch's and (when installed) faiss's threads."""
+    torch.set_num_threads(threads)
+    try:
+        import faiss
+    except ImportError:
+        return
+    faiss.omp_set_num_threads(threads)
+
+
 def save(path, payload):
     if path:
         payload = dict(payload, machine=machine())
@@ -431,16 +441,12 @@ def cmd_generate(args):
 def cmd_eval(args):
     from scstn_vcn.metrics import RerankConfig, evaluate_features
 
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     base = os.path.join(args.work, args.name)
     query, gallery = open_features(os.path.join(base, "query")), open_features(os.path.join(base, "gallery"))
     search = None
     if args.rerank:
         search = neighbour_search(args, args.neighbours)
-    if args.neighbours.startswith("faiss"):
-        import faiss
-
-        faiss.omp_set_num_threads(args.threads)
     with MemorySampler() as memory:
         begin = time.perf_counter()
         results = evaluate_features(
@@ -491,10 +497,7 @@ def cmd_neighbours(args):
     from scstn_vcn.metrics.item_features import ItemFeatures
     from scstn_vcn.metrics.neighbours import find_neighbours
 
-    torch.set_num_threads(args.threads)
-    import faiss
-
-    faiss.omp_set_num_threads(args.threads)
+    use_threads(args.threads)
     base = os.path.join(args.work, args.name)
     query, gallery = open_features(os.path.join(base, "query")), open_features(os.path.join(base, "gallery"))
     search = neighbour_search(args, args.neighbours)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from large_gallery import save  # noqa: E402
+from large_gallery import save, use_threads  # noqa: E402
 
 from scstn_vcn.metrics.feature_store import open_features  # noqa: E402
 
@@ -37,8 +37,7 @@ def main():
     args = parser.parse_args()
     import faiss
 
-    faiss.omp_set_num_threads(args.threads)
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     q = open_features(os.path.join(args.folders, "query")).feats["global"]
     g = open_features(os.path.join(args.folders, "gallery")).feats["global"]
     x = np.concatenate([np.asarray(q, dtype=np.float32), np.asarray(g, dtype=np.float32)])
