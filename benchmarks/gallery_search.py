@@ -6,6 +6,11 @@ top k by the summed cosine distance, from a blocked pass over the memory-mapped 
 
     python benchmarks/gallery_search.py --gallery /work/bigdata/large_gallery/market500k/gallery \
         --query /work/bigdata/large_gallery/market500k/query --threads 2 --json search-500k.json
+    python benchmarks/gallery_search.py ... --factory PCA64,HNSW32 --params efSearch=128
+
+Without --factory the index is the default one (`scstn-vcn index`'s, IVF8192,SQ8 at 2.36M items);
+with it, any faiss factory string (`scstn-vcn index --factory`). The index is built once, beside the
+gallery folder, and reused.
 
 Goal (issue 21): at 2,362,447 items, <= 50 ms a query with 2 threads and recall@10 >= 0.95.
 """
@@ -45,7 +50,9 @@ def main():
     parser.add_argument("--gallery", required=True, help="a feature folder")
     parser.add_argument("--query", required=True, help="a feature folder of queries")
     parser.add_argument("--index", help="index file (default: gallery.index beside the gallery folder)")
-    parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument("--nprobe", type=int, help="IVF lists searched (default: the index's)")
+    parser.add_argument("--factory", help="a faiss factory string, e.g. PCA64,HNSW32 (default: the default index)")
+    parser.add_argument("--params", help="faiss search parameters, e.g. efSearch=128")
     parser.add_argument("--rescore", type=int, default=4)
     parser.add_argument("--train-size", type=int)
     parser.add_argument("--k", type=int, default=10)
@@ -55,17 +62,23 @@ def main():
     parser.add_argument("--json")
     args = parser.parse_args()
     use_threads(args.threads)
-    path = args.index or os.path.join(os.path.dirname(os.path.abspath(args.gallery)), "gallery.index")
-    built = None
+    name = "gallery.index" if args.factory is None else f"gallery-{args.factory.replace(',', '_')}.index"
+    path = args.index or os.path.join(os.path.dirname(os.path.abspath(args.gallery)), name)
+    built = build_memory = None
     if not os.path.isfile(path):
         begin = time.perf_counter()
-        index = GalleryIndex.build(args.gallery, train_size=args.train_size, nprobe=args.nprobe)
-        index.save(path)
-        built = time.perf_counter() - begin
+        with MemorySampler() as building:
+            index = GalleryIndex.build(
+                args.gallery, train_size=args.train_size, nprobe=args.nprobe, factory=args.factory, params=args.params
+            )
+            index.save(path)
+        built, build_memory = time.perf_counter() - begin, building.report()
         del index
     with MemorySampler() as memory:
         index = GalleryIndex.load(path)
-        index.set_nprobe(args.nprobe)
+        if args.nprobe:
+            index.set_nprobe(args.nprobe)
+        index.set_params(args.params)
         queries = open_features(args.query, index.view)
         n = min(args.queries, queries.num_items)
         rows = np.random.default_rng(0).choice(queries.num_items, size=n + args.warmup, replace=False)
@@ -86,10 +99,12 @@ def main():
     payload = {
         "gallery_items": index.num_items,
         "factory": index.meta["factory"],
-        "nprobe": args.nprobe,
+        "nprobe": index.meta.get("nprobe"),
+        "params": index.meta.get("params"),
         "rescore": args.rescore,
         "threads": args.threads,
         "build_seconds": None if built is None else round(built, 1),
+        "memory_while_building": build_memory,
         "index_file_bytes": os.path.getsize(path),
         "queries_timed": n,
         "ms_per_query_median": round(statistics.median(times_ms), 2),

@@ -208,3 +208,40 @@ def test_eval_reads_feature_folders(tmp_path, capsys):
     assert "factory 'Bogus7' is not an index factory string" in capsys.readouterr().err
     assert main(base + ["--output", str(out), "--rerank-neighbours", "faiss", "--faiss-index", "PCA8,HNSW8"]) == 2
     assert "cannot be trained on the view spatial (6 dimensions" in capsys.readouterr().err
+
+
+def test_factory_index_graph_over_a_pca(folders, tmp_path, capsys):
+    """Any faiss factory string (L2 metric), with its search parameters kept as the index's defaults."""
+    base, gallery, _, query, _ = folders
+    index = tmp_path / "hnsw.index"
+    argv = ["index", "--features", str(base / "gallery"), "--output", str(index)]
+    assert main(argv + ["--factory", "PCA16,HNSW16", "--params", "efSearch=64"]) == 0
+    meta = json.loads((tmp_path / "hnsw.index.json").read_text())
+    assert (meta["factory"], meta["metric"], meta["params"]) == ("PCA16,HNSW16", "l2", "efSearch=64")
+    loaded = GalleryIndex.load(str(index))
+    assert loaded.index.is_trained and loaded.index.ntotal == 1500
+    ids, dist = _search(base, index)
+    order, reference = _dense_topk(query, gallery, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, order)]) >= 0.95
+    found = ids == order
+    np.testing.assert_allclose(dist[found], reference[found], rtol=0, atol=1e-9)  # re-scored exactly
+    # a wide search with every candidate re-scored finds the exact top 10
+    ids, _ = _search(base, index, "--params", "efSearch=1500", "--rescore", "150")
+    np.testing.assert_array_equal(ids, order)
+    capsys.readouterr()
+
+    def fails(more, message, command=argv):
+        assert main(command + more) == 2
+        assert message in capsys.readouterr().err
+
+    other = ["index", "--features", str(base / "gallery"), "--output", str(tmp_path / "x")]
+    fails(["--factory", "PCA16,HNSW16", "--type", "ivf"], "--factory names the whole index", other)
+    fails(["--factory", "Bogus7"], "factory 'Bogus7' is not an index factory string", other)
+    fails(["--factory", "PCA64,HNSW16"], "cannot be trained on the view global+spatial", other)
+    fails(["--factory", "HNSW16", "--nprobe", "8"], "nprobe is for an index with inverted lists", other)
+    fails(["--factory", "HNSW16", "--params", "efSearch"], "--params must be faiss parameters", other)
+    fails(["--factory", "HNSW16", "--params", "nprobe=4"], "do not apply to the index", other)
+    assert not (tmp_path / "x").exists()
+    search = ["search", "--index", str(index), "--query-features", str(base / "query")]
+    fails(["--nprobe", "4"], "nprobe is for an index with inverted lists", search)
+    fails(["--params", "ef"], "--params must be faiss parameters", search)

@@ -257,7 +257,7 @@ def test_auto_is_exact_up_to_its_size_and_ivf_above(monkeypatch):
 
 
 def test_default_train_size():
-    from scstn_vcn.metrics.neighbours import default_train_size
+    from scstn_vcn.metrics.faiss_index import default_train_size
 
     assert default_train_size(519_281, 2048, 2048) == 64 * 2048  # 1 GiB of 2,048-d vectors
     assert default_train_size(2_362_447, 8192, 14336) == 39 * 8192  # faiss's minimum wins over the cap

@@ -27,6 +27,16 @@ def add_arguments(parser):
     )
     parser.add_argument("--nprobe", type=int, metavar="N", help="lists searched by default (IVF; default 32)")
     parser.add_argument(
+        "--factory",
+        metavar="STRING",
+        help="any faiss index factory string instead of --type/--nlist/--codes, e.g. PCA64,HNSW32 (L2 metric)",
+    )
+    parser.add_argument(
+        "--params",
+        metavar="NAME=VALUE[,...]",
+        help="the index's default faiss search parameters, e.g. efSearch=128 (HNSW) or nprobe=64",
+    )
+    parser.add_argument(
         "--branches",
         metavar="NAME[,NAME]",
         help="the features the distance sums (default all of the folder's: the fusion)",
@@ -42,14 +52,17 @@ def run(args):
     import os
     import time
 
+    from scstn_vcn.metrics.faiss_index import check_codes, check_params, import_faiss
     from scstn_vcn.metrics.gallery_index import GalleryIndex
-    from scstn_vcn.metrics.neighbours import check_codes, import_faiss
 
     for flag in ("nlist", "nprobe", "train_size", "threads"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
     check_codes(args.codes)
+    check_params(args.params, "--params")
+    if args.factory and (args.type != "auto" or args.nlist or args.codes != "SQ8"):
+        raise UsageError("--factory names the whole index: give it without --type, --nlist or --codes")
     faiss = import_faiss()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
@@ -71,13 +84,15 @@ def run(args):
             kind=args.type,
             nlist=args.nlist,
             codes=args.codes,
+            factory=args.factory,
+            params=args.params,
             nprobe=args.nprobe,
             train_size=args.train_size,
         )
         what = "indexed"
     if args.nprobe:
         index.set_nprobe(args.nprobe)
-        index.meta["nprobe"] = args.nprobe
+    index.set_params(args.params)
     index.save(args.output)
     print(
         f"{what} {args.features}: {index.num_items} items, {index.meta['factory']} over {'+'.join(index.view)} "

@@ -13,7 +13,16 @@ def add_index_args(parser):
     group.add_argument("--query-features", metavar="DIR", help="search every item of this feature folder")
     group.add_argument("--nprobe", type=int, metavar="N", help="IVF lists searched (default: the index's)")
     group.add_argument(
-        "--rescore", type=int, default=4, metavar="R", help="IVF: R x topk candidates re-scored exactly (default 4)"
+        "--params",
+        metavar="NAME=VALUE[,...]",
+        help="faiss search parameters, e.g. efSearch=256 (default: the index's)",
+    )
+    group.add_argument(
+        "--rescore",
+        type=int,
+        default=4,
+        metavar="R",
+        help="R x topk candidates re-scored exactly (default 4; a flat index's are exact already)",
     )
     group.add_argument("--results", metavar="JSON", help="with --query-features: write every query's top k here")
     group.add_argument("--threads", type=int, metavar="N", help="faiss threads (default: all cores)")
@@ -43,9 +52,9 @@ def _print_ranked(label, dist, ids, index):
 
 
 def search_index(args):
+    from scstn_vcn.metrics.faiss_index import check_params, import_faiss
     from scstn_vcn.metrics.feature_store import open_features
     from scstn_vcn.metrics.gallery_index import GalleryIndex
-    from scstn_vcn.metrics.neighbours import import_faiss
 
     if args.topk < 1:
         raise UsageError(f"--topk must be a positive integer, got {args.topk}")
@@ -53,6 +62,7 @@ def search_index(args):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag} must be a positive integer, got {value}")
+    check_params(args.params, "--params")
     if (args.query is None) == (args.query_features is None):
         raise UsageError("with --index give one of --query IMAGE or --query-features DIR")
     if args.gallery is not None:
@@ -63,6 +73,7 @@ def search_index(args):
     index = GalleryIndex.load(args.index, mmap=args.mmap_index)
     if args.nprobe:
         index.set_nprobe(args.nprobe)
+    index.set_params(args.params)
     if args.query_features:
         queries = open_features(args.query_features, index.view)
         labels = queries.paths

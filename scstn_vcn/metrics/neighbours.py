@@ -66,6 +66,17 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
+from .faiss_index import (
+    FaissMissingError,
+    check_codes,
+    check_factory,
+    check_params,
+    factory_index,
+    import_faiss,
+    set_params,
+    train,
+    train_size_for,
+)
 from .item_features import ItemFeatures
 from .knn import Neighbours, block_size_for, merge_smallest, nearest_neighbours, order_by_value_then_index, smallest_k
 
@@ -73,29 +84,10 @@ BACKENDS = ("auto", "exact", "faiss-flat", "faiss-ivf", "faiss")
 # "auto": the exact pass up to this many items (MSMT17's 93,820 with room), or on CUDA at any size;
 # faiss-ivf above it on the CPU when faiss is installed (else exact, at its O(N^2 D) cost)
 AUTO_EXACT_UP_TO = 150_000
-FAISS_INSTALL = (
-    'faiss is not installed: `pip install "scstn-vcn[faiss]"` (faiss-cpu) or, for GPUs, the faiss-gpu package '
-    "of your CUDA version (conda install -c pytorch faiss-gpu)"
-)
 # rows of normalised vectors handed to faiss at a time (add and search): 16,384 x 4096 x 4 B = 256 MiB at most
 _ROW_BLOCK_ELEMENTS = 1 << 26
 # columns per block of the exact pass for sampled rows
 _EXACT_COLUMNS = 65536
-# dimension a factory string is test-built at: divisible by the usual PCA / PQ / OPQ sizes
-_PROBE_DIM = 3840
-
-
-class FaissMissingError(ImportError):
-    pass
-
-
-def import_faiss():
-    """The faiss module, or FaissMissingError saying how to install it."""
-    try:
-        import faiss
-    except ImportError as error:
-        raise FaissMissingError(FAISS_INSTALL) from error
-    return faiss
 
 
 def _positive_int(value, name, allow_none=False):
@@ -104,52 +96,6 @@ def _positive_int(value, name, allow_none=False):
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def check_codes(codes: str) -> str:
-    """faiss's code names for an IVF index: Flat, SQ8, SQ4, SQfp16, PQ<m> (m divides the dimension)."""
-    if codes in ("Flat", "SQ8", "SQ4", "SQfp16") or (codes.startswith("PQ") and codes[2:].isdigit()):
-        return codes
-    raise ValueError(f"codes must be Flat, SQ8, SQ4, SQfp16 or PQ<m> (faiss's names), got {codes!r}")
-
-
-def default_train_size(num_items: int, nlist: int, width: int) -> int:
-    """Rows an IVF's k-means trains on: 64 a list, but no more than 1 GiB of float32 vectors unless faiss's
-    minimum of 39 a list needs more; at most the number of items."""
-    return min(num_items, 64 * nlist, max(39 * nlist, (1 << 28) // max(width, 1)))
-
-
-def check_factory(factory) -> str:
-    """A faiss factory string (faiss.index_factory parses it: ValueError naming it if it does not)."""
-    if not isinstance(factory, str) or not factory.strip():
-        raise ValueError(f"factory must be a faiss index factory string such as 'PCA64,HNSW32', got {factory!r}")
-    faiss = import_faiss()
-    try:
-        faiss.index_factory(_PROBE_DIM, factory, faiss.METRIC_L2)
-    except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1]
-        raise ValueError(f"factory {factory!r} is not an index factory string faiss can build: {reason}") from None
-    return factory
-
-
-def check_params(params, name: str = "params"):
-    """faiss ParameterSpace settings "name=value[,name=value]" (None: the backend's defaults)."""
-    if params is None:
-        return None
-
-    def valid(part):
-        key, _, value = part.partition("=")
-        try:
-            float(value)
-        except ValueError:
-            return False
-        return bool(key.strip())
-
-    if not isinstance(params, str) or not all(valid(part) for part in params.split(",")):
-        raise ValueError(
-            f"{name} must be faiss parameters such as 'efSearch=128' or 'nprobe=16,efSearch=64', got {params!r}"
-        )
-    return params
 
 
 def default_nlist(num_items: int) -> int:
@@ -314,26 +260,6 @@ def _exact_candidates(items, branches, rows: torch.Tensor, cand: torch.Tensor, k
     return dist[:, :k], cand[:, :k], valid.sum(1)
 
 
-def _ivf_lists(faiss, index) -> int:
-    """The lists of the IVF inside a factory's index; None for an index without one (a PCA's training rows
-    are then bounded by 1 GiB of vectors only)."""
-    try:
-        return faiss.extract_index_ivf(index).nlist
-    except RuntimeError:
-        return None
-
-
-def _factory_index(faiss, factory: str, width: int, branches):
-    """faiss.index_factory(width, factory) under the L2 metric, or ValueError naming the view's width."""
-    try:
-        return faiss.index_factory(width, factory, faiss.METRIC_L2)
-    except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1]
-        raise ValueError(
-            f"factory {factory!r} does not fit the view {'+'.join(branches)} of {width} dimensions: {reason}"
-        ) from None
-
-
 class _FaissView:
     """One view's faiss index over all N items (normalised, concatenated branch vectors)."""
 
@@ -349,7 +275,7 @@ class _FaissView:
             index = faiss.IndexFlatIP(width)
             self.nlist = None
         elif search.backend == "faiss":
-            index = _factory_index(faiss, search.factory, width, branches)
+            index = factory_index(search.factory, width, f"the view {'+'.join(branches)}")
             self.nlist = None
             self.params, self.far_params = search_params(search)
         else:
@@ -362,23 +288,14 @@ class _FaissView:
             self.gpu_resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self.gpu_resources, items.device.index or 0, index)
         if not index.is_trained:
-            lists = self.nlist or _ivf_lists(faiss, index)
-            default = default_train_size(n, lists, width) if lists else min(n, (1 << 28) // width)
-            train_size = min(n, search.train_size or default)
+            train_size = train_size_for(index, n, width, search.train_size, self.nlist)
             rng = np.random.default_rng(search.seed)
             sample = np.sort(rng.choice(n, size=train_size, replace=False))
-            train = np.concatenate(
+            vectors = np.concatenate(
                 [self._vectors_of(sample[s : s + self.step]) for s in range(0, train_size, self.step)]
             )
-            try:
-                index.train(train)
-            except RuntimeError as error:  # e.g. a PCA wider than the view, or more lists than training rows
-                reason = str(error).strip().splitlines()[-1]
-                raise ValueError(
-                    f"the faiss index {search.factory or type(index).__name__} cannot be trained on the view "
-                    f"{'+'.join(branches)} ({width} dimensions, {train_size} training rows): {reason}"
-                ) from None
-            del train
+            train(index, vectors, search.factory or type(index).__name__, f"the view {'+'.join(branches)}")
+            del vectors
         for start in range(0, n, self.step):
             index.add(view_vectors(items, branches, start, min(start + self.step, n)))
         if self.nlist is not None:
@@ -399,13 +316,7 @@ class _FaissView:
             np.negative(x, out=x)
         params = self.far_params if negate else self.params
         if params:
-            try:
-                self.faiss.ParameterSpace().set_index_parameters(self.index, params)
-            except RuntimeError:
-                raise ValueError(
-                    f"{'far_params' if negate else 'params'} {params!r} do not apply to the index "
-                    f"{self.index.__class__.__name__}: faiss could not set them"
-                ) from None
+            set_params(self.index, params, "far_params" if negate else "params")
             _, ids = self.index.search(x, k)
         elif nprobe is not None and self.nlist is not None:
             ivf = self.faiss.extract_index_ivf(self.index)
