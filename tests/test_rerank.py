@@ -285,24 +285,43 @@ def test_jaccard_pairs_are_the_non_zero_overlaps_bit_for_bit(dtype):
         assert torch.equal(encoding.jaccard_term(zero), torch.full_like(zero, 1 - 0.3))
 
 
-def test_column_index_built_in_ranges_equals_one_range(monkeypatch):
-    """The transpose of V_qe written a range of gallery rows at a time (the memory bound at millions of
-    items) gives the same column index, hence the same distances, as one range."""
-    import scstn_vcn.metrics.rerank as rr
-
+@pytest.mark.parametrize("k2", [1, 3])
+def test_column_index_from_chunks_equals_the_dense_transpose(k2):
+    """The column index scattered a chunk of V_qe's rows at a time (V_qe never held whole, the memory bound at
+    millions of items) is the transpose of the dense V_qe, whatever the chunk size; only the query rows of
+    V_qe are kept."""
     gen = torch.Generator().manual_seed(5)
     label = torch.randint(0, 9, (140,), generator=gen)
-    x = torch.randn(9, 8, generator=gen)[label] + 0.5 * torch.randn(140, 8, generator=gen)
-    items = ItemFeatures({"f": x[:17]}, {"f": x[17:]})
+    x = (torch.randn(9, 8, generator=gen)[label] + 0.5 * torch.randn(140, 8, generator=gen)).double()
+    q = 17
+    items = ItemFeatures({"f": x[:q]}, {"f": x[q:]})
     neighbours = nearest_neighbours(items, {"v": ("f",)}, 7, 64)["v"]
-    whole = KReciprocalEncoding(items, ("f",), neighbours, RerankConfig(6, 3), 8)
-    monkeypatch.setattr(rr, "_TRANSPOSE_ENTRIES", 7)
-    ranges = KReciprocalEncoding(items, ("f",), neighbours, RerankConfig(6, 3), 8)
+    config = RerankConfig(6, k2)
+    small = KReciprocalEncoding(items, ("f",), neighbours, config, 3)  # chunks straddle the query/gallery edge
+    large = KReciprocalEncoding(items, ("f",), neighbours, config, 1000)
     for name in ("column_ptr", "column_rows", "column_vals"):
-        assert torch.equal(getattr(whole, name), getattr(ranges, name)), name
-    assert whole.column_rows.dtype == torch.int32 and whole.v_qe.num_rows == 17  # only the query rows kept
-    dist = torch.rand(17, 123)
-    assert torch.equal(whole.distances(0, 17, dist), ranges.distances(0, 17, dist))
+        assert torch.equal(getattr(small, name), getattr(large, name)), name
+    for name in ("ptr", "col", "val"):
+        assert torch.equal(getattr(small.v_qe, name), getattr(large.v_qe, name)), name
+    assert small.column_rows.dtype == torch.int32 and small.v_qe.num_rows == q
+    # the dense reference: V from the encoding's first step, V_qe as the mean of k2 dense rows
+    v = small._encode(items, neighbours)
+    dense_v = torch.zeros(140, 140, dtype=torch.float64)
+    rows = torch.repeat_interleave(torch.arange(140), v.row_counts())
+    dense_v[rows, v.col.long()] = v.val
+    dense = dense_v[neighbours.index[:, :k2]].mean(1)
+    gallery = dense[q:]
+    ptr = torch.zeros(141, dtype=torch.int64)
+    ptr[1:] = torch.cumsum((gallery != 0).sum(0), 0)
+    assert torch.equal(small.column_ptr, ptr)
+    cols, grows = (gallery.t() != 0).nonzero(as_tuple=True)  # column-major: each column's rows ascending
+    assert torch.equal(small.column_rows.long(), grows)
+    torch.testing.assert_close(small.column_vals, gallery[grows, cols], rtol=1e-15, atol=0)
+    qrows, qcols = (dense[:q] != 0).nonzero(as_tuple=True)
+    assert torch.equal(small.v_qe.col.long(), qcols)
+    torch.testing.assert_close(small.v_qe.val, dense[qrows, qcols], rtol=1e-15, atol=0)
+    dist = torch.rand(q, 123, dtype=torch.float64)
+    assert torch.equal(small.distances(0, q, dist), large.distances(0, q, dist))
 
 
 @pytest.mark.parametrize("k1", range(1, 42))

@@ -32,7 +32,9 @@ Bounded memory. Nothing of size N x N exists at any time:
    j's gathered list (a chunk of rows at a time). R*(i) is built for a chunk of rows at a time as the
    union of at most (k1 + 1)(h + 2) candidates (the test c's R(c, h) against R(i, k1) reads flags over
    the items set for the chunk's R(i, k1)); V and V_qe are ``SparseRows`` (CSR) with |R*(i)| (about
-   1.5 k1) and at most k2 |R*| entries a row.
+   1.5 k1) and at most k2 |R*| entries a row. V_qe is computed a chunk of rows at a time, twice: once to
+   count, once to keep its query rows and scatter its gallery rows into the column index of step 4, so
+   that its gallery rows never exist twice (at millions of items they are the encoding's largest part).
 3. D^[i, j] for j in R*(i) is the neighbour list's distance when j is among i's k1 + 1 nearest, else it
    is computed from the two items' features (only the pairs that need it).
 4. Query chunks: for queries [s, e) the caller's (chunk, g) distances give D^; m is accumulated through
@@ -67,9 +69,6 @@ import torch
 from .item_features import ItemFeatures
 from .knn import Neighbours, block_size_for, nearest_neighbours
 from .sparse_rows import SparseRows, sum_duplicates
-
-# Entries of V_qe transposed into the column index at a time (a range of gallery rows).
-_TRANSPOSE_ENTRIES = 1 << 24
 
 
 def _index_type(size: int) -> torch.dtype:
@@ -176,18 +175,8 @@ class KReciprocalEncoding:
         # A row whose maximum is 0 has only zero distances: divide it by 1.
         self.denominator = torch.where(neighbours.sq_max > 0, neighbours.sq_max, torch.ones_like(neighbours.sq_max))
         v = self._encode(items, neighbours)
-        self.v_qe = self._expand(v, neighbours.index) if config.k2 > 1 else v
+        self._build_from_chunks(v, neighbours.index)
         del v
-        self._build_gallery_index()
-        # The query chunks read V_qe's query rows only; the gallery's rows live on in the column index.
-        # Dropping them halves the encoding's memory at galleries of millions (copies: slices would keep
-        # the whole arrays alive).
-        end = int(self.v_qe.ptr[self.num_query])
-        self.v_qe = SparseRows(
-            ptr=self.v_qe.ptr[: self.num_query + 1].clone(),
-            col=self.v_qe.col[:end].clone(),
-            val=self.v_qe.val[:end].clone(),
-        )
 
     # ---------------------------------------------------------------------------------- V
 
@@ -202,7 +191,7 @@ class KReciprocalEncoding:
         # membership in R(i, k1) of a chunk's rows, as flags over all items (cleared after each chunk)
         member = torch.zeros(min(self.chunk_size, n), n, dtype=torch.bool, device=dev)
         index_half = index[:, :kh].contiguous()
-        rows_out, cols_out, vals_out = [], [], []
+        counts_out, cols_out, vals_out = [], [], []
         for start in range(0, n, self.chunk_size):
             stop = min(start + self.chunk_size, n)
             cand, ok = index[start:stop], recip[start:stop]  # R(i, k1) = cand[ok]
@@ -226,10 +215,13 @@ class KReciprocalEncoding:
             d = self._pair_distances(items, neighbours, row, col)
             weight = torch.exp((d * d).div_(self.denominator[row]).neg_())
             total = torch.zeros(stop - start, dtype=weight.dtype, device=dev).index_add_(0, local, weight)
-            rows_out.append(row)
-            cols_out.append(col)
+            counts_out.append(torch.bincount(local, minlength=stop - start))
+            cols_out.append(col.to(_index_type(n)))  # 32-bit where they fit: V has N x |R*| entries
             vals_out.append(weight.div_(total[local]))
-        return SparseRows.from_sorted_entries(n, torch.cat(rows_out), torch.cat(cols_out), torch.cat(vals_out))
+            del row, col, local
+        ptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+        torch.cumsum(torch.cat(counts_out), 0, out=ptr[1:])
+        return SparseRows(ptr=ptr, col=torch.cat(cols_out), val=torch.cat(vals_out))
 
     def _pair_distances(self, items: ItemFeatures, neighbours: Neighbours, row, col) -> torch.Tensor:
         """D[row[p], col[p]]: from the neighbour lists where col is among row's nearest, else computed."""
@@ -242,56 +234,72 @@ class KReciprocalEncoding:
             out[missing] = items.pair_distances(self.branches, row[missing], col[missing]).to(out.dtype)
         return out
 
-    def _expand(self, v: SparseRows, index: torch.Tensor) -> SparseRows:
-        """V_qe[i] = mean of V[j] over i's k2 nearest items, in chunks of rows."""
+    def _expanded_chunks(self, v: SparseRows, index: torch.Tensor):
+        """(start, stop, rows [start, stop) of V_qe as a SparseRows), a chunk of rows at a time: V_qe[i] = mean
+        of V[j] over i's k2 nearest items (V itself when k2 = 1). A row's sum depends on that row alone, so
+        the chunks give the same values whenever they are computed."""
         n, k2 = v.num_rows, self.config.k2
-        counts_out, cols_out, vals_out = [], [], []
         for start in range(0, n, self.chunk_size):
             stop = min(start + self.chunk_size, n)
+            if k2 == 1:
+                a, b = int(v.ptr[start]), int(v.ptr[stop])
+                yield start, stop, SparseRows(ptr=v.ptr[start : stop + 1] - a, col=v.col[a:b], val=v.val[a:b])
+                continue
             nbr = index[start:stop, :k2].flatten()  # (i, p) row-major: V[j] summed in neighbour order
             owner, pos = v.entries_of(nbr)
             part = sum_duplicates(stop - start, n, owner // k2, v.col[pos], v.val[pos])
-            counts_out.append(part.row_counts())
-            cols_out.append(part.col.to(_index_type(n)))  # 32-bit columns where they fit: V_qe is large
-            vals_out.append(part.val.div_(k2))
-        ptr = torch.zeros(n + 1, dtype=torch.int64, device=index.device)
-        torch.cumsum(torch.cat(counts_out), 0, out=ptr[1:])
-        return SparseRows(ptr=ptr, col=torch.cat(cols_out), val=torch.cat(vals_out))
+            yield start, stop, SparseRows(ptr=part.ptr, col=part.col.to(_index_type(n)), val=part.val.div_(k2))
 
-    # ------------------------------------------------------------------------- query chunks
+    def _build_from_chunks(self, v: SparseRows, index: torch.Tensor) -> None:
+        """V_qe's query rows (``v_qe``) and, for each column k, the gallery items j with V_qe[j, k] != 0
+        (ascending) and the values (``column_ptr``, ``column_rows``, ``column_vals``).
 
-    def _build_gallery_index(self) -> None:
-        """For each column k, the gallery items j with V_qe[j, k] != 0 (ascending) and the values."""
-        q, g = self.num_query, self.num_gallery
-        n = q + g
-        v = self.v_qe
+        V_qe is computed twice, a chunk of rows at a time, and never held whole: the first pass counts each
+        row's entries and each column's gallery entries; the second copies the query rows into place and
+        scatters each chunk's gallery entries to their columns (a stable sort of the chunk's entries by
+        column; chunks in row order, so each column's rows ascend). At millions of items the gallery's rows
+        of V_qe are the encoding's largest part; they exist only once, transposed."""
+        q, n = self.num_query, v.num_rows
         dev = v.col.device
-        first = int(v.ptr[q])
-        col = v.col[first:]
+        row_counts = torch.zeros(n, dtype=torch.int64, device=dev)
+        column_counts = torch.zeros(n, dtype=torch.int64, device=dev)
+        for start, stop, part in self._expanded_chunks(v, index):
+            row_counts[start:stop] = part.row_counts()
+            gallery_cols = part.col[int(part.ptr[min(max(q - start, 0), stop - start)]) :].long()
+            column_counts.index_add_(0, gallery_cols, torch.ones_like(gallery_cols))
+        query_ptr = torch.zeros(q + 1, dtype=torch.int64, device=dev)
+        torch.cumsum(row_counts[:q], 0, out=query_ptr[1:])
+        query_col = torch.empty(int(query_ptr[-1]), dtype=_index_type(n), device=dev)
+        query_val = torch.empty(int(query_ptr[-1]), dtype=v.val.dtype, device=dev)
         self.column_ptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
-        torch.cumsum(torch.bincount(col, minlength=n), 0, out=self.column_ptr[1:])
-        # The transpose is written in place, a range of gallery rows at a time (a stable sort of each
-        # range's entries by column; ranges in row order), so that no sort of all entries (and its 8-byte
-        # permutation) exists at once: the column index is the encoding's largest part at millions of items.
-        self.column_rows = torch.empty(col.shape[0], dtype=_index_type(g), device=dev)  # gallery-local rows
-        self.column_vals = torch.empty(col.shape[0], dtype=v.val.dtype, device=dev)
+        torch.cumsum(column_counts, 0, out=self.column_ptr[1:])
+        del row_counts, column_counts
+        entries = int(self.column_ptr[-1])
+        self.column_rows = torch.empty(entries, dtype=_index_type(self.num_gallery), device=dev)  # gallery-local
+        self.column_vals = torch.empty(entries, dtype=v.val.dtype, device=dev)
         next_free = self.column_ptr[:-1].clone()
-        row_counts = v.row_counts()[q:]
-        ptr = v.ptr[q:] - first
-        step = max(1, _TRANSPOSE_ENTRIES * g // max(col.shape[0], 1))
-        for g0 in range(0, g, step):
-            g1 = min(g0 + step, g)
-            e0, e1 = int(ptr[g0]), int(ptr[g1])
-            cols, order = torch.sort(col[e0:e1].long(), stable=True)
+        for start, stop, part in self._expanded_chunks(v, index):
+            split = min(max(q - start, 0), stop - start)  # the chunk's first gallery row, chunk-local
+            e = int(part.ptr[split])
+            if split:
+                at = int(query_ptr[start])
+                query_col[at : at + e] = part.col[:e]
+                query_val[at : at + e] = part.val[:e]
+            if split == stop - start:
+                continue
+            cols, order = torch.sort(part.col[e:].long(), stable=True)
             columns, counts = torch.unique_consecutive(cols, return_counts=True)
             within = torch.arange(cols.shape[0], device=dev) - torch.repeat_interleave(
                 torch.cumsum(counts, 0) - counts, counts
             )
+            owner = torch.repeat_interleave(
+                torch.arange(start + split - q, stop - q, device=dev), part.row_counts()[split:]
+            )
             dest = next_free[cols] + within
-            owner = torch.repeat_interleave(torch.arange(g0, g1, device=dev), row_counts[g0:g1])
             self.column_rows[dest] = owner[order].to(self.column_rows.dtype)
-            self.column_vals[dest] = v.val[first + e0 : first + e1][order]
+            self.column_vals[dest] = part.val[e:][order]
             next_free[columns] += counts
+        self.v_qe = SparseRows(ptr=query_ptr, col=query_col, val=query_val)
 
     def _overlap_steps(self, start: int, stop: int, itype: torch.dtype):
         """The terms of m for queries [start, stop), in steps: (target, value) with target = local query row
