@@ -8,9 +8,8 @@ top k by the summed cosine distance, from a blocked pass over the memory-mapped 
         --query /work/bigdata/large_gallery/market500k/query --threads 2 --json search-500k.json
     python benchmarks/gallery_search.py ... --factory PCA64,HNSW32 --params efSearch=128
 
-Without --factory the index is the default one (`scstn-vcn index`'s, IVF8192,SQ8 at 2.36M items);
-with it, any faiss factory string (`scstn-vcn index --factory`). The index is built once, beside the
-gallery folder, and reused.
+The index is `scstn-vcn index`'s of --type (auto: PCA64,HNSW32 at 2.36M items; ivf: IVF8192,SQ8), or any
+faiss factory string (--factory). It is built once, beside the gallery folder, and reused.
 
 Goal (issue 21): at 2,362,447 items, <= 50 ms a query with 2 threads and recall@10 >= 0.95.
 """
@@ -51,6 +50,7 @@ def main():
     parser.add_argument("--query", required=True, help="a feature folder of queries")
     parser.add_argument("--index", help="index file (default: gallery.index beside the gallery folder)")
     parser.add_argument("--nprobe", type=int, help="IVF lists searched (default: the index's)")
+    parser.add_argument("--type", default="auto", choices=("auto", "flat", "hnsw", "ivf"), help="index type")
     parser.add_argument("--factory", help="a faiss factory string, e.g. PCA64,HNSW32 (default: the default index)")
     parser.add_argument("--params", help="faiss search parameters, e.g. efSearch=128")
     parser.add_argument("--rescore", type=int, default=4)
@@ -62,14 +62,19 @@ def main():
     parser.add_argument("--json")
     args = parser.parse_args()
     use_threads(args.threads)
-    name = "gallery.index" if args.factory is None else f"gallery-{args.factory.replace(',', '_')}.index"
+    name = f"gallery-{(args.factory or args.type).replace(',', '_')}.index"
     path = args.index or os.path.join(os.path.dirname(os.path.abspath(args.gallery)), name)
     built = build_memory = None
     if not os.path.isfile(path):
         begin = time.perf_counter()
         with MemorySampler() as building:
             index = GalleryIndex.build(
-                args.gallery, train_size=args.train_size, nprobe=args.nprobe, factory=args.factory, params=args.params
+                args.gallery,
+                kind=args.type,
+                train_size=args.train_size,
+                nprobe=args.nprobe,
+                factory=args.factory,
+                params=args.params,
             )
             index.save(path)
         built, build_memory = time.perf_counter() - begin, building.report()

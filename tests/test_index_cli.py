@@ -151,8 +151,27 @@ def test_bad_input_is_one_clear_error(folders, tmp_path, capsys):
 
 def test_default_factories():
     assert index_factory_for(50_000) == "Flat"
-    assert index_factory_for(2_362_447) == "IVF8192,SQ8"
+    assert index_factory_for(50_001) == index_factory_for(2_362_447, "hnsw") == "PCA64,HNSW32"
+    assert index_factory_for(2_362_447, width=255) == "HNSW32"
+    assert index_factory_for(2_362_447, "ivf") == "IVF8192,SQ8"
     assert index_factory_for(10, "ivf", nlist=2, codes="PQ4") == "IVF2,PQ4"
+    with pytest.raises(ValueError, match="nlist and codes are for an ivf index, not hnsw"):
+        index_factory_for(60_000, nlist=64)
+    with pytest.raises(ValueError, match="index type must be one of auto, flat, hnsw, ivf"):
+        index_factory_for(10, "graph")
+
+
+def test_hnsw_type_is_a_graph_searched_with_efsearch_128(folders, tmp_path):
+    base, gallery, _, query, _ = folders
+    index = tmp_path / "graph.index"
+    assert main(["index", "--features", str(base / "gallery"), "--output", str(index), "--type", "hnsw"]) == 0
+    meta = json.loads((tmp_path / "graph.index.json").read_text())
+    # a 24-dimensional view: no PCA in front of the graph
+    assert (meta["factory"], meta["metric"], meta["params"]) == ("HNSW32", "l2", "efSearch=128")
+    ids, dist = _search(base, index)
+    order, reference = _dense_topk(query, gallery, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, order)]) >= 0.98
+    assert GalleryIndex.load(str(index)).index.hnsw.efSearch == 128  # the default (faiss: 16), set again on load
 
 
 def test_eval_reads_feature_folders(tmp_path, capsys):
@@ -239,6 +258,7 @@ def test_factory_index_graph_over_a_pca(folders, tmp_path, capsys):
     fails(["--factory", "Bogus7"], "factory 'Bogus7' is not an index factory string", other)
     fails(["--factory", "PCA64,HNSW16"], "cannot be trained on the view global+spatial", other)
     fails(["--factory", "HNSW16", "--nprobe", "8"], "nprobe is for an index with inverted lists", other)
+    fails(["--type", "hnsw", "--nlist", "8"], "--nlist and --codes are for --type ivf", other)
     fails(["--factory", "HNSW16", "--params", "efSearch"], "--params must be faiss parameters", other)
     fails(["--factory", "HNSW16", "--params", "nprobe=4"], "do not apply to the index", other)
     assert not (tmp_path / "x").exists()

@@ -17,13 +17,16 @@ def add_arguments(parser):
     )
     parser.add_argument(
         "--type",
-        choices=("auto", "flat", "ivf"),
+        choices=("auto", "flat", "hnsw", "ivf"),
         default="auto",
-        help="flat (exact) or ivf (approximate); auto: flat up to 50,000 items, ivf above",
+        help="flat (exact), hnsw (a graph over 64 principal components: PCA64,HNSW32, efSearch 128) or ivf "
+        "(IVF<nlist>,SQ8, nprobe 32); auto: flat up to 50,000 items, hnsw above",
     )
-    parser.add_argument("--nlist", type=int, metavar="N", help="IVF lists (default about 4 sqrt(N), a power of 2)")
     parser.add_argument(
-        "--codes", default="SQ8", metavar="CODES", help="IVF vector codes: SQ8 (default), SQ4, SQfp16, Flat, PQ<m>"
+        "--nlist", type=int, metavar="N", help="--type ivf: lists (default about 4 sqrt(N), a power of 2)"
+    )
+    parser.add_argument(
+        "--codes", metavar="CODES", help="--type ivf: vector codes SQ8 (default), SQ4, SQfp16, Flat, PQ<m>"
     )
     parser.add_argument("--nprobe", type=int, metavar="N", help="lists searched by default (IVF; default 32)")
     parser.add_argument(
@@ -42,7 +45,10 @@ def add_arguments(parser):
         help="the features the distance sums (default all of the folder's: the fusion)",
     )
     parser.add_argument(
-        "--train-size", type=int, metavar="N", help="IVF training rows (default 64 nlist, at most 1 GiB but 39 nlist)"
+        "--train-size",
+        type=int,
+        metavar="N",
+        help="training rows (IVF: default 64 nlist, at most 1 GiB but 39 nlist; a PCA: at most 1 GiB)",
     )
     parser.add_argument("--threads", type=int, metavar="N", help="faiss threads (default: all cores)")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
@@ -59,9 +65,12 @@ def run(args):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
-    check_codes(args.codes)
+    if args.codes is not None:
+        check_codes(args.codes)
     check_params(args.params, "--params")
-    if args.factory and (args.type != "auto" or args.nlist or args.codes != "SQ8"):
+    if not args.factory and args.type != "ivf" and (args.nlist or args.codes):
+        raise UsageError("--nlist and --codes are for --type ivf")
+    if args.factory and (args.type != "auto" or args.nlist or args.codes):
         raise UsageError("--factory names the whole index: give it without --type, --nlist or --codes")
     faiss = import_faiss()
     if args.threads:

@@ -1,28 +1,29 @@
 """A searchable gallery of any size: a faiss inner-product index over feature folders
 (scstn_vcn.metrics.feature_store), saved in faiss's own file format with a JSON file beside it.
 
-    gallery.index        faiss.write_index of the index (flat or IVF; nothing pickled)
+    gallery.index        faiss.write_index of the index (flat, graph, IVF, any factory's; nothing pickled)
     gallery.index.json   format, version, the view (branches whose cosine distances are summed), the
                          faiss factory string, its metric and search parameters, and the feature folders
                          whose items the index holds, in order (path, number of items, the items' digest)
 
 The index holds u = the concatenation of the view's L2-normalised branch features, so the inner product
 <u_q, u_g> = len(view) - (the sum of the branches' cosine distances): the evaluation's distance, and
-|u_q - u_g|^2 = 2 <u_q, u_g>'s complement, the same order. The default indexes (flat, IVF) use the inner
-product; any other faiss factory string (``factory``, e.g. ``PCA64,HNSW32``) uses the L2 metric, because a
-transform such as a PCA subtracts a mean, which changes inner products' order but not distances'. Search
+|u_q - u_g|^2 = 2 <u_q, u_g>'s complement, the same order. The flat and IVF indexes use the inner product;
+the graph and any other faiss factory string (``factory``) use the L2 metric, because a transform such as
+a PCA subtracts a mean, which changes inner products' order but not distances'. Search
 takes ``k * rescore`` candidates from the index and re-scores them exactly from the features on disk
 (memory-mapped: only the candidates' rows are read), so the returned distances and order are the
 evaluation's, whatever the codes. Item t of the index is row t - offset of the folder that holds it;
 paths, identities and cameras come from the folders.
 
-Defaults (``index_factory_for``): up to 50,000 items a flat index (exact, 4 D bytes an item);
-above, ``IVF<nlist>,SQ8`` with nlist about 4 sqrt(N) (a power of two) and nprobe 32: one byte a dimension
-in memory, and 4x candidates re-scored exactly (benchmarks/gallery_search.py measures time a query,
-recall@10 against exact search and memory; README "Large galleries" has the figures). Where the
-features' neighbours live in few dimensions (a trained network's do), a graph over a PCA of them
-(``PCA64,HNSW32``, searched with ``params`` ``efSearch=128``) finds them faster, at a higher recall, in a
-quarter of the memory of SQ8 codes at 2,048 dimensions.
+Defaults (``index_factory_for``): up to 50,000 items a flat index (exact, 4 D bytes an item); above, a
+graph (``hnsw``): ``PCA64,HNSW32`` (``HNSW32`` for views narrower than 256 dimensions) searched with
+efSearch 128, about 4 x 64 + 8.5 x 32 = 530 bytes an item, and 4x candidates re-scored exactly. A trained
+network's features have few intrinsic dimensions (about 21 principal components of 2,048 hold 90% of the
+variance), so 64 components keep the near neighbours and the graph finds them: at 2,362,447 items with
+2 threads, 1.7 ms a query at recall@10 0.99, where ``IVF8192,SQ8`` (``ivf``; nlist about 4 sqrt(N), a power
+of two, nprobe 32, one byte a dimension) took 73 ms for recall 0.74 in four times the memory
+(benchmarks/gallery_search.py; README "Large galleries" has the figures).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ from .neighbours import default_nlist
 FORMAT = "scstn-vcn-index"
 VERSION = 1
 FLAT_UP_TO = 50_000
+KINDS = ("auto", "flat", "hnsw", "ivf")
+# views at least this wide are reduced to 64 principal components before the graph
+GRAPH_PCA_FROM = 256
+DEFAULT_PARAMS = {"hnsw": "efSearch=128"}
 DEFAULT_NPROBE = 32
 DEFAULT_RESCORE = 4
 # rows normalised and added to the index at a time
@@ -58,13 +63,36 @@ _ADD_ROWS = 16384
 _RESCORE_ELEMENTS = 1 << 25
 
 
-def index_factory_for(num_items: int, kind: str = "auto", nlist: int | None = None, codes: str = "SQ8") -> str:
-    """faiss factory string: "Flat" or "IVF<nlist>,<codes>"; ``kind`` auto | flat | ivf."""
-    if kind not in ("auto", "flat", "ivf"):
-        raise ValueError(f"index type must be auto, flat or ivf, got {kind!r}")
-    if kind == "flat" or (kind == "auto" and num_items <= FLAT_UP_TO):
+def index_kind(num_items: int, kind: str = "auto") -> str:
+    """flat, hnsw or ivf: ``kind``, or for auto flat up to FLAT_UP_TO items and hnsw above."""
+    if kind not in KINDS:
+        raise ValueError(f"index type must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "auto":
+        return "flat" if num_items <= FLAT_UP_TO else "hnsw"
+    return kind
+
+
+def index_factory_for(
+    num_items: int, kind: str = "auto", nlist: int | None = None, codes: str | None = None, width: int = 2048
+) -> str:
+    """faiss factory string of index type ``kind`` (``index_kind``) over ``num_items`` vectors of ``width``
+    dimensions: "Flat", "PCA64,HNSW32" ("HNSW32" below GRAPH_PCA_FROM dimensions) or "IVF<nlist>,<codes>"
+    (``nlist`` default ``default_nlist``, ``codes`` default SQ8; both only for ivf)."""
+    kind = index_kind(num_items, kind)
+    if kind != "ivf" and (nlist is not None or codes is not None):
+        raise ValueError(f"nlist and codes are for an ivf index, not {kind} (give type ivf)")
+    if kind == "flat":
         return "Flat"
-    return f"IVF{nlist or default_nlist(num_items)},{codes}"
+    if kind == "hnsw":
+        return "PCA64,HNSW32" if width >= GRAPH_PCA_FROM else "HNSW32"
+    return f"IVF{nlist or default_nlist(num_items)},{codes or 'SQ8'}"
+
+
+def _no_lists(factory: str) -> str:
+    return (
+        f"nprobe is for an index with inverted lists; {factory} has none "
+        "(set its own search parameters, e.g. params efSearch=128 for an HNSW)"
+    )
 
 
 def normalised_view(feats: dict, view: Sequence[str], start: int, stop: int) -> np.ndarray:
@@ -90,28 +118,33 @@ class GalleryIndex:
 
     @classmethod
     def build(
-        cls, folder, view: Sequence[str] | None = None, kind="auto", nlist=None, codes="SQ8", factory=None, **options
+        cls, folder, view: Sequence[str] | None = None, kind="auto", nlist=None, codes=None, factory=None, **options
     ):
         """An index over the feature folder ``folder``: the view (default every branch), in the index
-        ``index_factory_for(N, kind, nlist, codes)`` (inner product) or, given ``factory``, that faiss factory
-        string (L2; module docstring), trained (if it needs training) on up to ``train_size`` rows
-        (default ``faiss_index.train_size_for``) drawn with ``seed``. Options ``nprobe`` (IVF) and ``params``
-        (faiss ParameterSpace settings, e.g. ``efSearch=128``) are the index's defaults for search."""
+        ``index_factory_for(N, kind, nlist, codes, width)`` or, given ``factory``, that faiss factory string
+        (L2; module docstring), trained (if it needs training) on up to ``train_size`` rows (default
+        ``faiss_index.train_size_for``) drawn with ``seed``. Options ``nprobe`` (IVF) and ``params`` (faiss
+        ParameterSpace settings; default efSearch=128 for the hnsw type) are the index's defaults for search."""
         features = open_features(folder, view)
         view = list(view or features.branches)
         dims = {name: int(features.feats[name].shape[1]) for name in view}
         width = sum(dims.values())
         what = f"the view {'+'.join(view)} of {folder}"
+        params = check_params(options.get("params"))
         if factory is None:
-            factory, metric = index_factory_for(features.num_items, kind, nlist, codes), "inner_product"
+            kind = index_kind(features.num_items, kind)
+            factory = index_factory_for(features.num_items, kind, nlist, codes, width)
+            metric = "l2" if kind == "hnsw" else "inner_product"
+            params = params or DEFAULT_PARAMS.get(kind)
         else:
-            if kind != "auto" or nlist is not None or codes != "SQ8":
+            if kind != "auto" or nlist is not None or codes is not None:
                 raise ValueError("factory names the whole index: give it without kind, nlist or codes")
             check_factory(factory)
             metric = "l2"
-        params = check_params(options.get("params"))
         index = factory_index(factory, width, what, metric)
         lists = ivf_lists(index)
+        if options.get("nprobe") is not None and lists is None and factory != "Flat":
+            raise ValueError(_no_lists(factory))  # before the build, not after it
         if lists is not None and lists > features.num_items:
             raise ValueError(f"nlist {lists} is larger than the number of items {features.num_items}")
         if not index.is_trained:
@@ -243,10 +276,7 @@ class GalleryIndex:
             return
         lists = ivf_lists(self.index)
         if lists is None:
-            raise ValueError(
-                f"nprobe is for an index with inverted lists; {self.meta['factory']} has none "
-                "(set its own search parameters, e.g. params efSearch=128 for an HNSW)"
-            )
+            raise ValueError(_no_lists(self.meta["factory"]))
         import_faiss().extract_index_ivf(self.index).nprobe = min(nprobe, lists)
         self.meta["nprobe"] = nprobe
 
