@@ -22,7 +22,7 @@ efSearch 128, about 4 x 64 + 8.5 x 32 = 530 bytes an item, and 4x candidates re-
 network's features have few intrinsic dimensions (about 21 principal components of 2,048 hold 90% of the
 variance), so 64 components keep the near neighbours and the graph finds them: at 2,362,447 items with
 2 threads, 1.7 ms a query at recall@10 0.99, where ``IVF8192,SQ8`` (``ivf``; nlist about 4 sqrt(N), a power
-of two, nprobe 32, one byte a dimension) took 73 ms for recall 0.74 in four times the memory
+of two, nprobe 32, one byte a dimension) took 52 ms for recall 0.74 in four times the memory
 (benchmarks/gallery_search.py; README "Large galleries" has the figures).
 """
 
