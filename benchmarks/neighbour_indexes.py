@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from large_gallery import save, use_threads  # noqa: E402
 
+from scstn_vcn.metrics.faiss_index import set_params  # noqa: E402
 from scstn_vcn.metrics.feature_store import open_features  # noqa: E402
 
 K = 21
@@ -59,7 +60,7 @@ def main():
             index.add(x[start : start + 65536])
         built = time.perf_counter() - begin
         for setting in params.split(";"):
-            faiss.ParameterSpace().set_index_parameters(index, setting)
+            set_params(index, setting)
             begin = time.perf_counter()
             _, found = index.search(x[rows], 2 * K)
             per_row = (time.perf_counter() - begin) / len(rows)

@@ -82,6 +82,9 @@ def run(args):
         index = GalleryIndex.load(args.output)
         before = index.num_items
         index.add(args.features)
+        if args.nprobe:  # new defaults for the index (a new index takes them in build)
+            index.set_nprobe(args.nprobe)
+        index.set_params(args.params)
         what = f"added {index.num_items - before} items to"
     else:
         if os.path.exists(args.output):
@@ -99,9 +102,6 @@ def run(args):
             train_size=args.train_size,
         )
         what = "indexed"
-    if args.nprobe:
-        index.set_nprobe(args.nprobe)
-    index.set_params(args.params)
     index.save(args.output)
     print(
         f"{what} {args.features}: {index.num_items} items, {index.meta['factory']} over {'+'.join(index.view)} "

@@ -68,7 +68,7 @@ import torch
 
 from .item_features import ItemFeatures
 from .knn import Neighbours, block_size_for, nearest_neighbours
-from .sparse_rows import SparseRows, sum_duplicates
+from .sparse_rows import SparseRows, expand_ranges, sum_duplicates
 
 
 def _index_type(size: int) -> torch.dtype:
@@ -289,13 +289,11 @@ class KReciprocalEncoding:
                 continue
             cols, order = torch.sort(part.col[e:].long(), stable=True)
             columns, counts = torch.unique_consecutive(cols, return_counts=True)
-            within = torch.arange(cols.shape[0], device=dev) - torch.repeat_interleave(
-                torch.cumsum(counts, 0) - counts, counts
-            )
+            # the sorted entries fill each column's next free positions, columns in order
+            _, dest = expand_ranges(next_free[columns], next_free[columns] + counts)
             owner = torch.repeat_interleave(
                 torch.arange(start + split - q, stop - q, device=dev), part.row_counts()[split:]
             )
-            dest = next_free[cols] + within
             self.column_rows[dest] = owner[order].to(self.column_rows.dtype)
             self.column_vals[dest] = part.val[e:][order]
             next_free[columns] += counts
